@@ -1,0 +1,125 @@
+-- oversync metadata schema (local sync state). Table names and roles follow the protocol
+-- README so tools written for the reference clients can read an oversync-diesel database.
+
+CREATE TABLE IF NOT EXISTS _sync_managed_tables (
+    schema_name TEXT NOT NULL,
+    table_name  TEXT NOT NULL,
+    PRIMARY KEY (schema_name, table_name)
+);
+
+-- One coalesced pending change per key. dirty_ordinal aliases the rowid, so a new entry gets
+-- max + 1 without scanning the dirty set and an upsert on the key keeps the first-touch order.
+CREATE TABLE IF NOT EXISTS _sync_dirty_rows (
+    dirty_ordinal    INTEGER PRIMARY KEY,
+    schema_name      TEXT NOT NULL,
+    table_name       TEXT NOT NULL,
+    key_json         TEXT NOT NULL,
+    op               TEXT NOT NULL CHECK (op IN ('INSERT', 'UPDATE', 'DELETE')),
+    base_row_version INTEGER NOT NULL DEFAULT 0,
+    payload          TEXT,
+    updated_at       TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    UNIQUE (schema_name, table_name, key_json)
+);
+
+-- Authoritative row_version and tombstone per key, as last seen from the server.
+CREATE TABLE IF NOT EXISTS _sync_row_state (
+    schema_name TEXT NOT NULL,
+    table_name  TEXT NOT NULL,
+    key_json    TEXT NOT NULL,
+    row_version INTEGER NOT NULL DEFAULT 0,
+    deleted     INTEGER NOT NULL DEFAULT 0,
+    updated_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (schema_name, table_name, key_json)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS _sync_apply_state (
+    singleton_key INTEGER NOT NULL PRIMARY KEY CHECK (singleton_key = 1),
+    apply_mode    INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS _sync_source_state (
+    source_id             TEXT NOT NULL PRIMARY KEY,
+    next_source_bundle_id INTEGER NOT NULL DEFAULT 1,
+    replaced_by_source_id TEXT NOT NULL DEFAULT '',
+    created_at            TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+
+CREATE TABLE IF NOT EXISTS _sync_attachment_state (
+    singleton_key             INTEGER NOT NULL PRIMARY KEY CHECK (singleton_key = 1),
+    current_source_id         TEXT NOT NULL DEFAULT '',
+    binding_state             TEXT NOT NULL DEFAULT 'anonymous' CHECK (binding_state IN ('anonymous', 'attached')),
+    attached_user_id          TEXT NOT NULL DEFAULT '',
+    schema_name               TEXT NOT NULL DEFAULT '',
+    last_bundle_seq_seen      INTEGER NOT NULL DEFAULT 0,
+    rebuild_required          INTEGER NOT NULL DEFAULT 0,
+    pending_initialization_id TEXT NOT NULL DEFAULT ''
+);
+
+CREATE TABLE IF NOT EXISTS _sync_operation_state (
+    singleton_key         INTEGER NOT NULL PRIMARY KEY CHECK (singleton_key = 1),
+    kind                  TEXT NOT NULL DEFAULT 'none' CHECK (kind IN ('none', 'remote_replace', 'source_recovery')),
+    target_user_id        TEXT NOT NULL DEFAULT '',
+    reason                TEXT NOT NULL DEFAULT '',
+    replacement_source_id TEXT NOT NULL DEFAULT '',
+    staged_snapshot_id    TEXT NOT NULL DEFAULT '',
+    snapshot_bundle_seq   INTEGER NOT NULL DEFAULT 0,
+    snapshot_row_count    INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS _sync_outbox_bundle (
+    singleton_key          INTEGER NOT NULL PRIMARY KEY CHECK (singleton_key = 1),
+    state                  TEXT NOT NULL DEFAULT 'none' CHECK (state IN ('none', 'prepared', 'committed_remote')),
+    source_id              TEXT NOT NULL DEFAULT '',
+    source_bundle_id       INTEGER NOT NULL DEFAULT 0,
+    canonical_request_hash TEXT NOT NULL DEFAULT '',
+    row_count              INTEGER NOT NULL DEFAULT 0,
+    initialization_id      TEXT NOT NULL DEFAULT '',
+    remote_bundle_hash     TEXT NOT NULL DEFAULT '',
+    remote_bundle_seq      INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS _sync_outbox_rows (
+    source_bundle_id INTEGER NOT NULL,
+    row_ordinal      INTEGER NOT NULL,
+    schema_name      TEXT NOT NULL,
+    table_name       TEXT NOT NULL,
+    key_json         TEXT NOT NULL,
+    wire_key_json    TEXT NOT NULL,
+    op               TEXT NOT NULL CHECK (op IN ('INSERT', 'UPDATE', 'DELETE')),
+    base_row_version INTEGER NOT NULL DEFAULT 0,
+    local_payload    TEXT,
+    wire_payload     TEXT,
+    PRIMARY KEY (source_bundle_id, row_ordinal)
+);
+
+CREATE TABLE IF NOT EXISTS _sync_push_stage (
+    bundle_seq  INTEGER NOT NULL,
+    row_ordinal INTEGER NOT NULL,
+    schema_name TEXT NOT NULL,
+    table_name  TEXT NOT NULL,
+    key_json    TEXT NOT NULL,
+    op          TEXT NOT NULL CHECK (op IN ('INSERT', 'UPDATE', 'DELETE')),
+    row_version INTEGER NOT NULL,
+    payload     TEXT,
+    PRIMARY KEY (bundle_seq, row_ordinal)
+);
+
+CREATE TABLE IF NOT EXISTS _sync_snapshot_stage (
+    snapshot_id TEXT NOT NULL,
+    row_ordinal INTEGER NOT NULL,
+    schema_name TEXT NOT NULL,
+    table_name  TEXT NOT NULL,
+    key_json    TEXT NOT NULL,
+    row_version INTEGER NOT NULL,
+    payload     TEXT NOT NULL,
+    PRIMARY KEY (snapshot_id, row_ordinal)
+);
+
+INSERT INTO _sync_apply_state (singleton_key, apply_mode) VALUES (1, 0)
+    ON CONFLICT (singleton_key) DO NOTHING;
+INSERT INTO _sync_attachment_state (singleton_key) VALUES (1)
+    ON CONFLICT (singleton_key) DO NOTHING;
+INSERT INTO _sync_operation_state (singleton_key) VALUES (1)
+    ON CONFLICT (singleton_key) DO NOTHING;
+INSERT INTO _sync_outbox_bundle (singleton_key) VALUES (1)
+    ON CONFLICT (singleton_key) DO NOTHING;

@@ -1,0 +1,70 @@
+//! Turns a [`Model`] into `impl oversync_diesel::SyncTable`.
+
+use crate::model::Model;
+use crate::triggers::{Column, TableTriggers};
+use proc_macro2::TokenStream;
+use quote::quote;
+use syn::DeriveInput;
+
+pub fn derive(item: DeriveInput) -> syn::Result<TokenStream> {
+    let model = Model::from_item(&item)?;
+    Ok(expand(&model))
+}
+
+fn expand(model: &Model) -> TokenStream {
+    let table = TableTriggers {
+        table: &model.table_name,
+        key_column: &model.key_field().column_name,
+        key_is_blob: model.key_is_blob,
+        columns: model
+            .fields
+            .iter()
+            .map(|f| Column {
+                name: &f.column_name,
+                is_blob: f.is_blob(),
+                is_real: f.is_real(),
+            })
+            .collect(),
+    };
+    let triggers = table.triggers();
+    let up_sql = table.up_sql(&triggers);
+    let down_sql = table.down_sql(&triggers);
+
+    let ident = &model.ident;
+    let (impl_generics, ty_generics, where_clause) = model.generics.split_for_impl();
+    let table_name = &model.table_name;
+    let key_column = &model.key_field().column_name;
+    let key_kind = if model.key_is_blob {
+        quote!(::oversync_diesel::KeyKind::Blob)
+    } else {
+        quote!(::oversync_diesel::KeyKind::Text)
+    };
+    let columns = model.fields.iter().map(|f| {
+        let name = &f.column_name;
+        let is_blob = f.is_blob();
+        quote!(::oversync_diesel::ColumnSpec { name: #name, is_blob: #is_blob })
+    });
+    let trigger_specs = triggers.iter().map(|t| {
+        let (name, sql) = (&t.name, &t.sql);
+        quote!(::oversync_diesel::TriggerSpec { name: #name, sql: #sql })
+    });
+
+    quote! {
+        impl #impl_generics ::oversync_diesel::SyncTable for #ident #ty_generics #where_clause {
+            const SPEC: &'static ::oversync_diesel::TableSpec = &::oversync_diesel::TableSpec {
+                table_name: #table_name,
+                key_column: #key_column,
+                key_kind: #key_kind,
+                columns: &[#(#columns),*],
+                triggers: &[#(#trigger_specs),*],
+                up_sql: #up_sql,
+                down_sql: #down_sql,
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn expand_for_test(item: DeriveInput) -> syn::Result<TokenStream> {
+    derive(item)
+}

@@ -1,0 +1,112 @@
+//! Expansion snapshots (insta) and the model's error messages, without a compiler round trip.
+//! The compile-fail suite in `tests/compile_fail.rs` pins what users see.
+
+use crate::sync_table::expand_for_test;
+
+fn expand(src: &str) -> String {
+    let item: syn::DeriveInput = syn::parse_str(src).expect("test input parses");
+    let tokens = expand_for_test(item).expect("derive succeeds");
+    let file: syn::File = syn::parse2(tokens).expect("expansion is valid Rust");
+    prettyplease::unparse(&file)
+}
+
+fn error(src: &str) -> String {
+    let item: syn::DeriveInput = syn::parse_str(src).expect("test input parses");
+    match expand_for_test(item) {
+        Ok(_) => panic!("derive should fail for: {src}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn text_key_model_expansion() {
+    insta::assert_snapshot!(expand(
+        r#"
+        #[derive(SyncTable)]
+        #[diesel(table_name = crate::schema::posts, check_for_backend(diesel::sqlite::Sqlite))]
+        struct Post {
+            #[sync(key)]
+            id: String,
+            title: String,
+            #[diesel(column_name = body)]
+            content: Option<String>,
+            author_id: Option<String>,
+        }
+        "#
+    ));
+}
+
+#[test]
+fn blob_key_and_blob_columns_are_hex_encoded() {
+    let out = expand(
+        r#"
+        #[diesel(table_name = files)]
+        struct File {
+            #[sync(key)]
+            id: Vec<u8>,
+            name: String,
+            data: Option<Vec<u8>>,
+            #[sync(blob)]
+            thumbnail: Thumb,
+        }
+        "#,
+    );
+    assert!(
+        out.contains("key_kind: ::oversync_diesel::KeyKind::Blob"),
+        "{out}"
+    );
+    for column in ["id", "data", "thumbnail"] {
+        assert!(
+            out.contains(&format!(
+                "name: \"{column}\",\n                    is_blob: true"
+            )),
+            "{column} should be a blob column:\n{out}"
+        );
+    }
+    assert!(out.contains("lower(hex(NEW.\\\"data\\\"))"), "{out}");
+    assert!(out.contains("length(NEW.\\\"id\\\") = 16"), "{out}");
+}
+
+#[test]
+fn table_name_defaults_like_diesel() {
+    let out = expand("struct TodoItem { #[sync(key)] id: String }");
+    assert!(out.contains("table_name: \"todo_items\""), "{out}");
+}
+
+#[test]
+fn custom_key_type_with_kind() {
+    let out = expand(r#"struct Note { #[sync(key, kind = "text")] id: NoteId }"#);
+    assert!(out.contains("KeyKind::Text"), "{out}");
+}
+
+#[test]
+fn rejections_say_what_to_do() {
+    assert!(
+        error("struct A { id: String }")
+            .contains("mark the field that holds the row's UUID with `#[sync(key)]`")
+    );
+    assert!(
+        error("struct A { #[sync(key)] id: String, #[sync(key)] other: String }")
+            .contains("only one field can be `#[sync(key)]`")
+    );
+    assert!(error("struct A { #[sync(key)] id: i64 }").contains("integer keys are not supported"));
+    assert!(error("struct A { #[sync(key)] id: Option<String> }").contains("can never be NULL"));
+    assert!(error("struct A { #[sync(key)] id: f64 }").contains("cannot hold a UUID key"));
+    assert!(error("struct A { #[sync(key)] id: [u8; 8] }").contains("cannot hold a UUID key"));
+    assert!(
+        error("struct A { #[sync(key)] id: MyId }").contains("kind = \\\"text\\\"")
+            || error("struct A { #[sync(key)] id: MyId }").contains("kind = \"text\"")
+    );
+    assert!(
+        error("struct A { #[sync(key)] id: String, #[diesel(column_name = id)] b: String }")
+            .contains("already mapped")
+    );
+    assert!(error("struct A(String);").contains("named fields"));
+    assert!(
+        error("#[diesel(table_name = _sync_x)] struct A { #[sync(key)] id: String }")
+            .contains("reserved")
+    );
+    assert!(
+        error("struct A { #[sync(key, nope)] id: String }").contains("unknown sync option `nope`")
+    );
+}

@@ -1,0 +1,105 @@
+//! `OversyncConnection`: a Diesel `SqliteConnection` with a sync engine attached.
+
+use crate::config::OversyncConfig;
+use crate::error::Result;
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, SqliteConnection};
+use std::ops::{Deref, DerefMut};
+
+/// A Diesel [`SqliteConnection`] plus the oversync sync lifecycle.
+///
+/// It derefs to the `SqliteConnection`, so ordinary Diesel code keeps working (pass
+/// `&mut *conn` where Diesel wants `&mut SqliteConnection`); [`oversync`](Self::oversync)
+/// gives the sync handle.
+///
+/// ```
+/// use diesel::prelude::*;
+/// use oversync_diesel::{OversyncConfig, OversyncConnection, SyncTable};
+///
+/// diesel::table! { notes (id) { id -> Text, title -> Text } }
+///
+/// #[derive(SyncTable, Insertable)]
+/// #[diesel(table_name = notes)]
+/// struct Note {
+///     #[sync(key)]
+///     id: String,
+///     title: String,
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("app.db");
+/// let config = OversyncConfig::new("business").table::<Note>();
+/// let mut conn = OversyncConnection::establish(path.to_str().unwrap(), config)?;
+///
+/// // The app's own migrations, then the sync migrations (usually `diesel migration run`).
+/// conn.batch_execute("CREATE TABLE notes (id TEXT PRIMARY KEY NOT NULL, title TEXT NOT NULL)")?;
+/// oversync_diesel::migrations::run_sync_migrations(&mut conn)?;
+///
+/// conn.oversync().open()?;
+/// diesel::insert_into(notes::table)
+///     .values(&Note { id: "0b7e4a52-3c1f-4a7e-9a35-8c0f7f3c2d11".into(), title: "hi".into() })
+///     .execute(&mut *conn)?;
+/// assert_eq!(conn.oversync().pending_sync_status()?.pending_rows, 1);
+/// # Ok(()) }
+/// ```
+pub struct OversyncConnection {
+    conn: SqliteConnection,
+    config: OversyncConfig,
+    opened: bool,
+}
+
+impl OversyncConnection {
+    /// Opens (or creates) the SQLite database at `database_url` and prepares it for sync.
+    pub fn establish(database_url: &str, config: OversyncConfig) -> Result<Self> {
+        let conn = SqliteConnection::establish(database_url)?;
+        Self::new(conn, config)
+    }
+
+    /// Wraps an existing connection. Turns on foreign keys (cascades must fire so they are
+    /// captured), WAL journaling and a busy timeout.
+    pub fn new(mut conn: SqliteConnection, config: OversyncConfig) -> Result<Self> {
+        config.validate()?;
+        conn.batch_execute(
+            "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
+             PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
+        )?;
+        Ok(OversyncConnection {
+            conn,
+            config,
+            opened: false,
+        })
+    }
+
+    /// The sync handle: lifecycle, status and (with a transport) push and pull.
+    pub fn oversync(&mut self) -> crate::Oversync<'_> {
+        crate::Oversync {
+            conn: &mut self.conn,
+            config: &self.config,
+            opened: &mut self.opened,
+        }
+    }
+
+    /// The configuration this connection syncs with.
+    pub fn config(&self) -> &OversyncConfig {
+        &self.config
+    }
+
+    /// Unwraps the Diesel connection.
+    pub fn into_inner(self) -> SqliteConnection {
+        self.conn
+    }
+}
+
+impl Deref for OversyncConnection {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for OversyncConnection {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+}

@@ -1,0 +1,193 @@
+//! Errors a caller can match on.
+
+use crate::table::KeyKind;
+
+/// Everything an oversync operation can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database does not match the registered models or the sync migrations; nothing was changed.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// The [`OversyncConfig`](crate::OversyncConfig) is not usable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The operation would discard local changes that have not reached the server.
+    #[error("blocked: unsynced data ({pending_rows} pending rows); sync first")]
+    UnsyncedData {
+        /// Rows waiting in `_sync_dirty_rows` and the outbox.
+        pending_rows: u64,
+    },
+    /// `open()` has not run on this connection yet.
+    #[error("oversync is not open on this connection: call conn.oversync().open() first")]
+    NotOpen,
+    /// Local sync state breaks an invariant the runtime relies on (for example a hand-edited row).
+    #[error("local sync state is invalid: {0}")]
+    InvalidState(String),
+    /// Opening the SQLite database failed.
+    #[error("cannot open the database: {0}")]
+    Connection(#[from] diesel::ConnectionError),
+    /// SQLite reported an error.
+    #[error("database error: {0}")]
+    Database(#[from] diesel::result::Error),
+    /// Generated sync migrations on disk do not match the models: regenerate them.
+    #[error("sync migrations in {} are stale for {}: run oversync_diesel::migrations::write_sync_migrations and commit the result", dir.display(), tables.join(", "))]
+    StaleMigrations {
+        /// The migrations directory checked.
+        dir: std::path::PathBuf,
+        /// Tables (or the metadata migration) whose files are missing or out of date.
+        tables: Vec<String>,
+    },
+    /// Writing or reading migration files failed.
+    #[error("migration files at {path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// A mismatch between the database and what the registered [`SyncTable`](crate::SyncTable)s
+/// and the sync migrations require. Each names the table (and column) to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SchemaError {
+    /// The `_sync_*` metadata tables are missing.
+    #[error(
+        "oversync metadata table {table} is missing: run the sync migrations (oversync_diesel::migrations)"
+    )]
+    MetadataMissing {
+        /// The missing metadata table.
+        table: String,
+    },
+    /// A registered table does not exist.
+    #[error("synced table {table} does not exist")]
+    TableMissing {
+        /// The table.
+        table: String,
+    },
+    /// The model has a column the table lacks.
+    #[error("table {table} has no column {column}, but its SyncTable model does")]
+    ColumnMissing {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// The table has a column the model does not list; it would be missing from every payload.
+    #[error(
+        "table {table} has column {column}, which its SyncTable model does not list; add a field for it"
+    )]
+    UnexpectedColumn {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// The key column is not the table's single-column primary key.
+    #[error("key column {table}.{column} must be the table's PRIMARY KEY, alone")]
+    KeyNotPrimaryKey {
+        /// The table.
+        table: String,
+        /// The key column.
+        column: String,
+    },
+    /// The key column allows NULL.
+    #[error("key column {table}.{column} must be declared NOT NULL")]
+    KeyNullable {
+        /// The table.
+        table: String,
+        /// The key column.
+        column: String,
+    },
+    /// The key column's declared type does not match the model's key kind.
+    #[error("key column {table}.{column} is declared {declared:?} but the model stores a {expected:?} UUID: declare it {}", if *expected == KeyKind::Blob { "BLOB" } else { "TEXT" })]
+    KeyType {
+        /// The table.
+        table: String,
+        /// The key column.
+        column: String,
+        /// The declared SQLite type.
+        declared: String,
+        /// What the model expects.
+        expected: KeyKind,
+    },
+    /// A column's BLOB-ness differs between the table and the model.
+    #[error("column {table}.{column} is declared {declared:?} but the model field {}: use a byte type (Vec<u8>) or #[sync(blob)] exactly for BLOB columns", if *model_is_blob { "is a byte type" } else { "is not a byte type" })]
+    BlobMismatch {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The declared SQLite type.
+        declared: String,
+        /// Whether the model treats it as a BLOB.
+        model_is_blob: bool,
+    },
+    /// A foreign key leads out of the set of synced tables.
+    #[error(
+        "{table}.{column} references {references}, which is not a synced table: register it too (the synced set must be closed under foreign keys)"
+    )]
+    ForeignKeyOutsideManagedSet {
+        /// The referencing table.
+        table: String,
+        /// The referencing column.
+        column: String,
+        /// The referenced table.
+        references: String,
+    },
+    /// The table's sync triggers are not installed.
+    #[error("trigger {trigger} of table {table} is not installed: run the sync migrations")]
+    TriggerMissing {
+        /// The table.
+        table: String,
+        /// The missing trigger.
+        trigger: String,
+    },
+    /// An installed trigger differs from what the model generates.
+    #[error(
+        "trigger {trigger} of table {table} is stale: regenerate the sync migrations and run them"
+    )]
+    TriggerStale {
+        /// The table.
+        table: String,
+        /// The stale trigger.
+        trigger: String,
+    },
+    /// The table is not in `_sync_managed_tables`.
+    #[error("table {table} is not registered in _sync_managed_tables: run the sync migrations")]
+    NotRegistered {
+        /// The table.
+        table: String,
+    },
+    /// This database already syncs against another remote schema.
+    #[error("this database syncs schema {stored:?}, but the config says {configured:?}")]
+    SchemaNameMismatch {
+        /// Schema recorded in the database.
+        stored: String,
+        /// Schema in the config.
+        configured: String,
+    },
+}
+
+/// An unusable [`OversyncConfig`](crate::OversyncConfig).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The remote schema name is empty.
+    #[error("the remote schema name must not be empty")]
+    EmptySchema,
+    /// No table was registered.
+    #[error("no SyncTable is registered: add tables with OversyncConfig::table::<T>()")]
+    NoTables,
+    /// A table was registered twice.
+    #[error("table {table} is registered twice")]
+    DuplicateTable {
+        /// The table.
+        table: String,
+    },
+}
+
+/// Shorthand for results of oversync operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,30 @@
+//! Offline-first sync between a Diesel/SQLite app and a PostgreSQL server, speaking the
+//! oversync protocol.
+//!
+//! 1. Annotate Diesel models with `#[derive(SyncTable)]` (see [`SyncTable`]).
+//! 2. Generate the sync migrations ([`migrations::write_sync_migrations`]) and run them
+//!    with `diesel migration run` or `embed_migrations!`.
+//! 3. Wrap the connection in an [`OversyncConnection`] and call `conn.oversync().open()`
+//!    on every launch; every local write to a synced table is captured from then on.
+
+extern crate self as oversync_diesel;
+
+mod config;
+mod connection;
+mod error;
+mod handle;
+mod lifecycle;
+pub mod migrations;
+mod state;
+mod status;
+mod table;
+mod validate;
+
+pub use config::OversyncConfig;
+pub use connection::OversyncConnection;
+pub use error::{ConfigError, Error, Result, SchemaError};
+pub use handle::Oversync;
+pub use lifecycle::OpenReport;
+pub use oversync_derive::SyncTable;
+pub use status::{Binding, PendingSyncStatus, SourceInfo};
+pub use table::{ColumnSpec, KeyKind, SyncTable, TableSpec, TriggerSpec};

@@ -1,0 +1,85 @@
+//! Status reads: what is pending, which source this install is.
+
+use crate::error::Result;
+use crate::handle::Oversync;
+use crate::state;
+
+/// Local changes not yet accepted by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingSyncStatus {
+    /// Captured rows plus rows frozen in the outbox.
+    pub pending_rows: u64,
+    /// `detach()` is refused while this is true.
+    pub blocked_detach: bool,
+}
+
+/// Whether this install is bound to a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// Not attached: local writes are captured and wait for the first attach.
+    Anonymous,
+    /// Attached to this user.
+    Attached {
+        /// The attached user's id.
+        user_id: String,
+    },
+}
+
+/// Debug view of the install's sync identity and recovery state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceInfo {
+    /// The current source id sent as `Oversync-Source-ID`.
+    pub current_source_id: String,
+    /// Anonymous or attached.
+    pub binding: Binding,
+    /// The remote schema this database syncs.
+    pub schema: String,
+    /// Last bundle applied locally.
+    pub last_bundle_seq_seen: i64,
+    /// A snapshot rebuild is required before syncing on.
+    pub rebuild_required: bool,
+    /// The source stream broke; `rebuild()` must rotate the source.
+    pub source_recovery_required: bool,
+    /// Why recovery is required, when it is.
+    pub source_recovery_reason: Option<String>,
+    /// The replacement source reserved for the rotation, once reserved.
+    pub replacement_source_id: Option<String>,
+}
+
+impl Oversync<'_> {
+    /// How many local changes wait to reach the server.
+    pub fn pending_sync_status(&mut self) -> Result<PendingSyncStatus> {
+        self.ensure_open()?;
+        let pending_rows = state::pending_row_count(self.conn)?;
+        Ok(PendingSyncStatus {
+            pending_rows,
+            blocked_detach: pending_rows > 0,
+        })
+    }
+
+    /// The install's source identity and recovery state.
+    pub fn source_info(&mut self) -> Result<SourceInfo> {
+        self.ensure_open()?;
+        let attachment = state::attachment_state(self.conn)?;
+        let operation = state::operation_state(self.conn)?;
+        let recovering = operation.kind == "source_recovery";
+        Ok(SourceInfo {
+            current_source_id: attachment.current_source_id,
+            binding: if attachment.binding_state == "attached" {
+                Binding::Attached {
+                    user_id: attachment.attached_user_id,
+                }
+            } else {
+                Binding::Anonymous
+            },
+            schema: attachment.schema_name,
+            last_bundle_seq_seen: attachment.last_bundle_seq_seen,
+            rebuild_required: attachment.rebuild_required != 0,
+            source_recovery_required: recovering,
+            source_recovery_reason: (recovering && !operation.reason.is_empty())
+                .then_some(operation.reason),
+            replacement_source_id: (!operation.replacement_source_id.is_empty())
+                .then_some(operation.replacement_source_id),
+        })
+    }
+}
