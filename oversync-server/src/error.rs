@@ -1,0 +1,242 @@
+//! Errors of the sync runtime and their HTTP mapping (status + OpenAPI error body).
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use oversync_protocol::{
+    ErrorResponse, PushConflictDetails, PushConflictResponse, SourceRetiredResponse, codes,
+};
+
+/// Every failure a sync operation can report. Each variant maps to one HTTP status and
+/// `error` code of the OpenAPI file.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// 400 with the given code (request-shape problems).
+    #[error("{message}")]
+    BadRequest {
+        /// Error code, see [`codes`].
+        code: &'static str,
+        /// Human-readable message.
+        message: String,
+    },
+    /// 413: the request body exceeds the configured limit.
+    #[error("request body is too large")]
+    TooLarge,
+    /// 401: no authenticated user.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// 403: the session belongs to another user.
+    #[error("{message}")]
+    Forbidden {
+        /// `push_session_forbidden` or `snapshot_session_forbidden`.
+        code: &'static str,
+        /// Human-readable message.
+        message: String,
+    },
+    /// 404.
+    #[error("{message}")]
+    NotFound {
+        /// Error code.
+        code: &'static str,
+        /// Human-readable message.
+        message: String,
+    },
+    /// 409 with the given code (lifecycle and sequencing conflicts).
+    #[error("{message}")]
+    Conflict {
+        /// Error code.
+        code: &'static str,
+        /// Human-readable message.
+        message: String,
+    },
+    /// 410 (expired session or lease).
+    #[error("{message}")]
+    Gone {
+        /// Error code.
+        code: &'static str,
+        /// Human-readable message.
+        message: String,
+    },
+    /// 409 `push_conflict` with the structured conflict.
+    #[error("{message}")]
+    PushConflict {
+        /// Human-readable message.
+        message: String,
+        /// The first conflicting row.
+        conflict: Box<PushConflictDetails>,
+    },
+    /// 409 `source_retired`.
+    #[error("source {source_id} was retired")]
+    SourceRetired {
+        /// The retired source.
+        source_id: String,
+        /// Its replacement, if known.
+        replaced_by: Option<String>,
+    },
+    /// 503 (shutting down or watch disabled).
+    #[error("{message}")]
+    Unavailable {
+        /// Error code.
+        code: &'static str,
+        /// Human-readable message.
+        message: String,
+    },
+    /// A server-originated write changed no registered row.
+    #[error("server write for {scope_id} via {writer_id} produced no registered-table effects")]
+    NoCapturedChanges {
+        /// Target scope.
+        scope_id: String,
+        /// Writer source id.
+        writer_id: String,
+    },
+    /// 500: database or internal failure (details are logged, not sent).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl SyncError {
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        SyncError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        SyncError::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn gone(code: &'static str, message: impl Into<String>) -> Self {
+        SyncError::Gone {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        SyncError::NotFound {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        SyncError::Forbidden {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn internal(context: &str, err: impl std::fmt::Display) -> Self {
+        SyncError::Internal(format!("{context}: {err}"))
+    }
+
+    /// HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            SyncError::BadRequest { .. } | SyncError::NoCapturedChanges { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            SyncError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            SyncError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            SyncError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            SyncError::NotFound { .. } => StatusCode::NOT_FOUND,
+            SyncError::Conflict { .. }
+            | SyncError::PushConflict { .. }
+            | SyncError::SourceRetired { .. } => StatusCode::CONFLICT,
+            SyncError::Gone { .. } => StatusCode::GONE,
+            SyncError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            SyncError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `error` code of the body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SyncError::BadRequest { code, .. }
+            | SyncError::Forbidden { code, .. }
+            | SyncError::NotFound { code, .. }
+            | SyncError::Conflict { code, .. }
+            | SyncError::Gone { code, .. }
+            | SyncError::Unavailable { code, .. } => code,
+            SyncError::TooLarge => codes::REQUEST_TOO_LARGE,
+            SyncError::Unauthenticated(_) => codes::AUTHENTICATION_FAILED,
+            SyncError::PushConflict { .. } => codes::PUSH_CONFLICT,
+            SyncError::SourceRetired { .. } => codes::SOURCE_RETIRED,
+            SyncError::NoCapturedChanges { .. } => codes::PUSH_COMMIT_INVALID,
+            SyncError::Internal(_) => codes::INTERNAL_ERROR,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for SyncError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        SyncError::Internal(format!("database: {err}"))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for SyncError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        SyncError::Internal(format!("database pool: {err}"))
+    }
+}
+
+/// Writes an `{"error", "message"}` body with the given status.
+pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ErrorResponse {
+            error: code.to_owned(),
+            message: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+impl IntoResponse for SyncError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match self {
+            SyncError::PushConflict { message, conflict } => (
+                status,
+                Json(PushConflictResponse {
+                    error: codes::PUSH_CONFLICT.to_owned(),
+                    message,
+                    conflict: *conflict,
+                }),
+            )
+                .into_response(),
+            SyncError::SourceRetired {
+                ref source_id,
+                ref replaced_by,
+            } => {
+                let message = match replaced_by {
+                    Some(r) => format!("source {source_id} was retired and replaced by {r}"),
+                    None => format!("source {source_id} was retired"),
+                };
+                (
+                    status,
+                    Json(SourceRetiredResponse {
+                        error: codes::SOURCE_RETIRED.to_owned(),
+                        message,
+                        source_id: source_id.clone(),
+                        replaced_by_source_id: replaced_by.clone(),
+                    }),
+                )
+                    .into_response()
+            }
+            SyncError::Internal(detail) => {
+                // Internals (SQL, constraint names) stay in the log.
+                tracing::error!(error = %detail, "sync request failed");
+                error_response(status, codes::INTERNAL_ERROR, "internal server error")
+            }
+            other => {
+                let code = other.code();
+                error_response(status, code, other.to_string())
+            }
+        }
+    }
+}

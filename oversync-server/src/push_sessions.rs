@@ -1,0 +1,749 @@
+//! Chunked push: create a staging session for `(source_id, source_bundle_id)`, upload
+//! contiguous chunks, commit them as one authoritative bundle, or delete the session.
+
+use crate::SyncService;
+use crate::auth::Actor;
+use crate::body::JsonBody;
+use crate::bootstrap::{Registry, SCOPE_COLUMN, TableInfo, is_valid_identifier};
+use crate::capture::{CommittedBundle, finalize_bundle, op_code, op_from_code};
+use crate::error::SyncError;
+use crate::payload::{db_payload_from_wire, normalize_key, wire_payload_text};
+use crate::scope::{self, INITIALIZED, INITIALIZING, UNINITIALIZED};
+use crate::sql::{is_data_error, quote_ident};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use deadpool_postgres::GenericClient;
+use oversync_protocol::{
+    Op, PushConflictDetails, PushRequestRow, PushSessionChunkRequest, PushSessionChunkResponse,
+    PushSessionCommitResponse, PushSessionCreateRequest, PushSessionCreateResponse, codes,
+    sync_key,
+};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// One validated pushed row in storage form.
+struct PreparedRow {
+    table_id: i32,
+    key_text: String,
+    op: Op,
+    base_row_version: i64,
+    /// Database-form after-image (canonical JSON), `None` for DELETE.
+    payload: Option<String>,
+}
+
+fn prepare_rows(registry: &Registry, rows: &[PushRequestRow]) -> Result<Vec<PreparedRow>, String> {
+    let mut seen = HashSet::new();
+    let mut prepared = Vec::with_capacity(rows.len());
+    for row in rows {
+        let schema = match row.schema.trim().to_ascii_lowercase() {
+            s if s.is_empty() => "public".to_owned(),
+            s => s,
+        };
+        let table = row.table.trim().to_ascii_lowercase();
+        if !is_valid_identifier(&schema) {
+            return Err(format!("invalid schema name {:?}", row.schema));
+        }
+        if !is_valid_identifier(&table) {
+            return Err(format!("invalid table name {:?}", row.table));
+        }
+        let info = registry
+            .by_name(&schema, &table)
+            .ok_or_else(|| format!("table {schema}.{table} is not registered"))?;
+        let key_text = normalize_key(info, &row.key)?;
+        if !seen.insert((info.id, key_text.clone())) {
+            return Err(format!(
+                "duplicate target row in push request: {schema}.{table} {key_text}"
+            ));
+        }
+        if row.base_row_version < 0 {
+            return Err(format!(
+                "base_row_version for {schema}.{table} {key_text} must be >= 0"
+            ));
+        }
+        let payload = match (row.op, &row.payload) {
+            (Op::Delete, None | Some(Value::Null)) => None,
+            (Op::Delete, Some(_)) => {
+                return Err(format!(
+                    "DELETE for {schema}.{table} must not include payload"
+                ));
+            }
+            (op, None | Some(Value::Null)) => {
+                return Err(format!("{op} for {schema}.{table} requires payload"));
+            }
+            (_, Some(p)) => Some(db_payload_from_wire(info, &key_text, p)?),
+        };
+        prepared.push(PreparedRow {
+            table_id: info.id,
+            key_text,
+            op: row.op,
+            base_row_version: row.base_row_version,
+            payload,
+        });
+    }
+    Ok(prepared)
+}
+
+struct Session {
+    user_pk: i64,
+    user_id: String,
+    source_id: String,
+    source_bundle_id: i64,
+    planned_row_count: i64,
+    next_expected_row_ordinal: i64,
+    initialization_id: Option<String>,
+}
+
+/// Loads and locks a push session owned by `actor`; other users' sessions are 403.
+async fn load_session(
+    tx: &impl GenericClient,
+    actor: &Actor,
+    push_id: &str,
+    check_expiry: bool,
+) -> Result<Session, SyncError> {
+    let not_found = || {
+        SyncError::not_found(
+            codes::PUSH_SESSION_NOT_FOUND,
+            format!("push session {push_id} was not found"),
+        )
+    };
+    if uuid::Uuid::parse_str(push_id).is_err() {
+        return Err(not_found());
+    }
+    let row = tx
+        .query_opt(
+            "SELECT ps.user_pk, us.user_id, ps.source_id, ps.source_bundle_id, ps.planned_row_count,
+                    ps.next_expected_row_ordinal, ps.initialization_id::text, ps.expires_at <= now()
+             FROM sync.push_sessions ps JOIN sync.user_state us ON us.user_pk = ps.user_pk
+             WHERE ps.push_id = $1::text::uuid FOR UPDATE OF ps",
+            &[&push_id],
+        )
+        .await?
+        .ok_or_else(not_found)?;
+    let session = Session {
+        user_pk: row.get(0),
+        user_id: row.get(1),
+        source_id: row.get(2),
+        source_bundle_id: row.get(3),
+        planned_row_count: row.get(4),
+        next_expected_row_ordinal: row.get(5),
+        initialization_id: row.get(6),
+    };
+    if session.user_id != actor.user_id {
+        return Err(SyncError::forbidden(
+            codes::PUSH_SESSION_FORBIDDEN,
+            format!("push session {push_id} does not belong to the authenticated user"),
+        ));
+    }
+    let expired: bool = row.get(7);
+    if check_expiry && expired {
+        return Err(SyncError::gone(
+            codes::PUSH_SESSION_EXPIRED,
+            format!("push session {push_id} has expired; start a new push session"),
+        ));
+    }
+    Ok(session)
+}
+
+impl SyncService {
+    /// `POST /sync/push-sessions`.
+    pub async fn create_push_session(
+        &self,
+        actor: &Actor,
+        req: &PushSessionCreateRequest,
+    ) -> Result<PushSessionCreateResponse, SyncError> {
+        let _op = self.begin_op();
+        let invalid = |m: &str| SyncError::bad_request(codes::PUSH_SESSION_INVALID, m);
+        if req.source_bundle_id <= 0 {
+            return Err(invalid("source_bundle_id must be > 0"));
+        }
+        if req.planned_row_count <= 0 {
+            return Err(invalid("planned_row_count must be > 0"));
+        }
+        let init_id = req
+            .initialization_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        let ttl = self.config.limits.initialization_lease_ttl;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        scope::lock_user(&tx, &actor.user_id).await?;
+        tx.execute(
+            "DELETE FROM sync.push_sessions WHERE expires_at <= now()",
+            &[],
+        )
+        .await?;
+        let user_pk = scope::ensure_user(&tx, &actor.user_id).await?;
+        let state = scope::load_scope_for_update(&tx, user_pk).await?;
+        let mut session_init_id: Option<String> = None;
+        match state.state {
+            UNINITIALIZED if init_id.is_some() => {
+                return Err(SyncError::gone(
+                    codes::INITIALIZATION_EXPIRED,
+                    "initialization lease is no longer active",
+                ));
+            }
+            UNINITIALIZED => {
+                return Err(SyncError::conflict(
+                    codes::SCOPE_UNINITIALIZED,
+                    format!("sync scope for user {} is not initialized", actor.user_id),
+                ));
+            }
+            INITIALIZING => {
+                let Some(id) = init_id else {
+                    return Err(invalid(
+                        "initialization_id is required while the scope is initializing",
+                    ));
+                };
+                if uuid::Uuid::parse_str(id).is_err() {
+                    return Err(SyncError::conflict(
+                        codes::INITIALIZATION_STALE,
+                        "initialization_id does not match the active initialization lease",
+                    ));
+                }
+                scope::require_active_lease(&tx, user_pk, &actor.source_id, id, ttl).await?;
+                session_init_id = Some(id.to_owned());
+            }
+            INITIALIZED if init_id.is_some() => {
+                return Err(invalid(
+                    "initialization_id must be absent once the scope is initialized",
+                ));
+            }
+            _ => {}
+        }
+
+        let committed = tx
+            .query_opt(
+                "SELECT bl.bundle_seq, bl.row_count, bl.bundle_hash
+                 FROM sync.bundle_log bl JOIN sync.user_state us ON us.user_pk = bl.user_pk
+                 WHERE bl.user_pk = $1 AND bl.source_id = $2 AND bl.source_bundle_id = $3
+                   AND bl.bundle_seq > us.retained_bundle_floor",
+                &[&user_pk, &actor.source_id, &req.source_bundle_id],
+            )
+            .await?;
+        if let Some(row) = committed {
+            tx.execute("SELECT nextval('sync.accepted_push_replay_seq')", &[])
+                .await?;
+            tx.commit().await?;
+            return Ok(PushSessionCreateResponse::AlreadyCommitted {
+                bundle_seq: row.get(0),
+                source_id: actor.source_id.clone(),
+                source_bundle_id: req.source_bundle_id,
+                row_count: row.get(1),
+                bundle_hash: row.get(2),
+            });
+        }
+
+        let (expected, max_committed) =
+            scope::expected_source_bundle_id(&tx, user_pk, &actor.source_id).await?;
+        if req.source_bundle_id < expected {
+            drop(tx);
+            crate::retention::record_history_pruned(self).await;
+            return Err(SyncError::conflict(
+                codes::HISTORY_PRUNED,
+                format!(
+                    "source tuple ({}, {}) for user {} is older than retained duplicate history; max committed source_bundle_id is {max_committed}",
+                    actor.source_id, req.source_bundle_id, actor.user_id
+                ),
+            ));
+        }
+        if req.source_bundle_id > expected {
+            return Err(SyncError::conflict(
+                codes::SOURCE_SEQUENCE_OUT_OF_ORDER,
+                format!(
+                    "source {} for user {} expected next source_bundle_id {expected}, got {}",
+                    actor.source_id, actor.user_id, req.source_bundle_id
+                ),
+            ));
+        }
+        tx.execute(
+            "DELETE FROM sync.push_sessions WHERE user_pk = $1 AND source_id = $2 AND source_bundle_id = $3",
+            &[&user_pk, &actor.source_id, &req.source_bundle_id],
+        )
+        .await?;
+        let push_id = uuid::Uuid::new_v4().to_string();
+        let ttl_secs = self.config.limits.push_session_ttl.as_secs_f64();
+        tx.execute(
+            "INSERT INTO sync.push_sessions (push_id, user_pk, source_id, source_bundle_id,
+                 planned_row_count, initialization_id, expires_at)
+             VALUES ($1::text::uuid, $2, $3, $4, $5, $6::text::uuid, now() + make_interval(secs => $7))",
+            &[
+                &push_id,
+                &user_pk,
+                &actor.source_id,
+                &req.source_bundle_id,
+                &req.planned_row_count,
+                &session_init_id,
+                &ttl_secs,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(PushSessionCreateResponse::Staging {
+            push_id,
+            planned_row_count: req.planned_row_count,
+            next_expected_row_ordinal: 0,
+        })
+    }
+
+    /// `POST /sync/push-sessions/{push_id}/chunks`.
+    pub async fn upload_push_chunk(
+        &self,
+        actor: &Actor,
+        push_id: &str,
+        req: &PushSessionChunkRequest,
+    ) -> Result<PushSessionChunkResponse, SyncError> {
+        let _op = self.begin_op();
+        let invalid = |m: String| SyncError::bad_request(codes::PUSH_CHUNK_INVALID, m);
+        if req.start_row_ordinal < 0 {
+            return Err(invalid("start_row_ordinal must be >= 0".into()));
+        }
+        if req.rows.is_empty() {
+            return Err(invalid("rows must not be empty".into()));
+        }
+        let max = self.config.limits.max_rows_per_push_chunk;
+        if req.rows.len() as i64 > max {
+            return Err(invalid(format!(
+                "rows length {} exceeds max_rows_per_push_chunk {max}",
+                req.rows.len()
+            )));
+        }
+        let registry = self.registry();
+        let rows = prepare_rows(&registry, &req.rows).map_err(invalid)?;
+
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        scope::lock_user(&tx, &actor.user_id).await?;
+        let session = load_session(&tx, actor, push_id, true).await?;
+        if let Some(init_id) = &session.initialization_id {
+            scope::require_active_lease(
+                &tx,
+                session.user_pk,
+                &session.source_id,
+                init_id,
+                self.config.limits.initialization_lease_ttl,
+            )
+            .await?;
+        }
+        if req.start_row_ordinal != session.next_expected_row_ordinal {
+            return Err(SyncError::conflict(
+                codes::PUSH_CHUNK_OUT_OF_ORDER,
+                format!(
+                    "push session {push_id} expected start_row_ordinal {}, got {}",
+                    session.next_expected_row_ordinal, req.start_row_ordinal
+                ),
+            ));
+        }
+        let next = req.start_row_ordinal + rows.len() as i64;
+        if next > session.planned_row_count {
+            return Err(invalid("chunk exceeds planned_row_count".into()));
+        }
+        let ordinals: Vec<i64> = (req.start_row_ordinal..next).collect();
+        let table_ids: Vec<i32> = rows.iter().map(|r| r.table_id).collect();
+        let keys: Vec<&str> = rows.iter().map(|r| r.key_text.as_str()).collect();
+        let ops: Vec<i16> = rows.iter().map(|r| op_code(r.op)).collect();
+        let bases: Vec<i64> = rows.iter().map(|r| r.base_row_version).collect();
+        let payloads: Vec<Option<&str>> = rows.iter().map(|r| r.payload.as_deref()).collect();
+        tx.execute(
+            "INSERT INTO sync.push_session_rows (push_id, row_ordinal, table_id, key_text, op, base_row_version, payload)
+             SELECT $1::text::uuid, r.o, r.t, r.k, r.op, r.b, r.p
+             FROM unnest($2::int8[], $3::int4[], $4::text[], $5::int2[], $6::int8[], $7::text[])
+                  AS r(o, t, k, op, b, p)",
+            &[&push_id, &ordinals, &table_ids, &keys, &ops, &bases, &payloads],
+        )
+        .await?;
+        let ttl_secs = self.config.limits.push_session_ttl.as_secs_f64();
+        tx.execute(
+            "UPDATE sync.push_sessions SET next_expected_row_ordinal = $2,
+                 expires_at = now() + make_interval(secs => $3)
+             WHERE push_id = $1::text::uuid",
+            &[&push_id, &next, &ttl_secs],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(PushSessionChunkResponse {
+            push_id: push_id.to_owned(),
+            next_expected_row_ordinal: next,
+        })
+    }
+
+    /// `POST /sync/push-sessions/{push_id}/commit`.
+    pub async fn commit_push_session(
+        &self,
+        actor: &Actor,
+        push_id: &str,
+    ) -> Result<PushSessionCommitResponse, SyncError> {
+        let _op = self.begin_op();
+        let registry = self.registry();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        scope::lock_user(&tx, &actor.user_id).await?;
+        let session = load_session(&tx, actor, push_id, true).await?;
+        let invalid = |m: String| SyncError::bad_request(codes::PUSH_COMMIT_INVALID, m);
+
+        let stored = tx
+            .query(
+                "SELECT row_ordinal, table_id, key_text, op, base_row_version, payload
+                 FROM sync.push_session_rows WHERE push_id = $1::text::uuid ORDER BY row_ordinal",
+                &[&push_id],
+            )
+            .await?;
+        if session.next_expected_row_ordinal != session.planned_row_count
+            || stored.len() as i64 != session.planned_row_count
+        {
+            return Err(invalid(format!(
+                "staged row count {} does not match planned_row_count {}",
+                stored.len(),
+                session.planned_row_count
+            )));
+        }
+        let mut rows = Vec::with_capacity(stored.len());
+        let mut seen = HashSet::new();
+        for (i, r) in stored.iter().enumerate() {
+            let ordinal: i64 = r.get(0);
+            if ordinal != i as i64 {
+                return Err(invalid(format!(
+                    "staged rows are not contiguous at row_ordinal {i}"
+                )));
+            }
+            let row = PreparedRow {
+                table_id: r.get(1),
+                key_text: r.get(2),
+                op: op_from_code(r.get(3))?,
+                base_row_version: r.get(4),
+                payload: r.get(5),
+            };
+            if !seen.insert((row.table_id, row.key_text.clone())) {
+                return Err(invalid(format!(
+                    "duplicate target row in staged push session: table {} key {}",
+                    row.table_id, row.key_text
+                )));
+            }
+            rows.push(row);
+        }
+
+        if let Some(init_id) = &session.initialization_id {
+            scope::require_active_lease(
+                &tx,
+                session.user_pk,
+                &session.source_id,
+                init_id,
+                self.config.limits.initialization_lease_ttl,
+            )
+            .await?;
+        }
+        let (expected, _) =
+            scope::expected_source_bundle_id(&tx, session.user_pk, &session.source_id).await?;
+        if session.source_bundle_id != expected {
+            return Err(SyncError::conflict(
+                codes::SOURCE_SEQUENCE_CHANGED,
+                format!(
+                    "source {} for user {} changed expected next source_bundle_id from staged {} to {expected} before commit",
+                    session.source_id, actor.user_id, session.source_bundle_id
+                ),
+            ));
+        }
+        scope::set_bundle_context(&tx, &actor.user_id, session.user_pk).await?;
+        check_conflicts(&tx, &registry, &actor.user_id, session.user_pk, &rows).await?;
+
+        for row in &rows {
+            let info = registry.by_id(row.table_id).ok_or_else(|| {
+                invalid(format!("table {} is no longer registered", row.table_id))
+            })?;
+            apply_row(&tx, info, &actor.user_id, row)
+                .await
+                .map_err(|e| db_rejection(e, info, &row.key_text))?;
+        }
+        let bundle = finalize_bundle(
+            &tx,
+            &registry,
+            session.user_pk,
+            &session.source_id,
+            session.source_bundle_id,
+            self.notify_channel(),
+        )
+        .await?
+        .ok_or_else(|| {
+            invalid("push session produced no captured business-table effects".into())
+        })?;
+        self.after_bundle(&tx, session.user_pk, &bundle).await?;
+        tx.execute(
+            "DELETE FROM sync.push_sessions WHERE push_id = $1::text::uuid",
+            &[&push_id],
+        )
+        .await?;
+        if session.initialization_id.is_some() {
+            scope::mark_initialized(&tx, session.user_pk, &session.source_id).await?;
+        }
+        // Deferred foreign keys are checked here; a violation is the client's data.
+        tx.commit().await.map_err(|e| {
+            if is_data_error(&e) {
+                invalid(format!(
+                    "commit rejected by the database: {}",
+                    db_message(&e)
+                ))
+            } else {
+                SyncError::from(e)
+            }
+        })?;
+        Ok(PushSessionCommitResponse {
+            bundle_seq: bundle.bundle_seq,
+            source_id: bundle.source_id,
+            source_bundle_id: bundle.source_bundle_id,
+            row_count: bundle.row_count,
+            bundle_hash: bundle.bundle_hash,
+        })
+    }
+
+    /// `DELETE /sync/push-sessions/{push_id}`.
+    pub async fn delete_push_session(&self, actor: &Actor, push_id: &str) -> Result<(), SyncError> {
+        let _op = self.begin_op();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        load_session(&tx, actor, push_id, true).await?;
+        tx.execute(
+            "DELETE FROM sync.push_sessions WHERE push_id = $1::text::uuid",
+            &[&push_id],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) fn notify_channel(&self) -> Option<&str> {
+        self.config
+            .watch
+            .enabled
+            .then_some(self.config.watch.channel.as_str())
+    }
+
+    /// Bookkeeping shared by push commits and server writes.
+    pub(crate) async fn after_bundle(
+        &self,
+        tx: &impl GenericClient,
+        user_pk: i64,
+        bundle: &CommittedBundle,
+    ) -> Result<(), SyncError> {
+        scope::activate_source(tx, user_pk, &bundle.source_id, bundle.source_bundle_id).await?;
+        crate::retention::apply_policy(
+            tx,
+            user_pk,
+            self.config.limits.retained_bundles_per_user,
+            self.config.limits.retention_prune_batch,
+        )
+        .await
+    }
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string())
+}
+
+fn db_rejection(e: tokio_postgres::Error, info: &TableInfo, key: &str) -> SyncError {
+    if is_data_error(&e) {
+        SyncError::bad_request(
+            codes::PUSH_COMMIT_INVALID,
+            format!(
+                "row {}.{} {key} rejected by the database: {}",
+                info.schema,
+                info.table,
+                db_message(&e)
+            ),
+        )
+    } else {
+        SyncError::from(e)
+    }
+}
+
+/// Whole-bundle optimistic concurrency: every row's base version must match `row_state`.
+async fn check_conflicts(
+    tx: &impl GenericClient,
+    registry: &Registry,
+    user_id: &str,
+    user_pk: i64,
+    rows: &[PreparedRow],
+) -> Result<(), SyncError> {
+    let table_ids: Vec<i32> = rows.iter().map(|r| r.table_id).collect();
+    let keys: Vec<&str> = rows.iter().map(|r| r.key_text.as_str()).collect();
+    let states = tx
+        .query(
+            "SELECT rs.table_id, rs.key_text, rs.bundle_seq, rs.deleted
+             FROM unnest($2::int4[], $3::text[]) AS req(table_id, key_text)
+             JOIN sync.row_state rs ON rs.user_pk = $1 AND rs.table_id = req.table_id
+                  AND rs.key_text = req.key_text",
+            &[&user_pk, &table_ids, &keys],
+        )
+        .await?;
+    let known: HashMap<(i32, String), (i64, bool)> = states
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
+        .collect();
+    for row in rows {
+        let state = known.get(&(row.table_id, row.key_text.clone())).copied();
+        let message = match (row.op, state) {
+            (Op::Insert, None) if row.base_row_version != 0 => Some(format!(
+                "insert conflict: expected missing row at version 0, got {}",
+                row.base_row_version
+            )),
+            (Op::Insert, None) => None,
+            (Op::Insert, Some((version, _))) if version != row.base_row_version => Some(format!(
+                "insert conflict: expected base_row_version {version}, got {}",
+                row.base_row_version
+            )),
+            (Op::Insert, Some((version, false))) => Some(format!(
+                "insert conflict: row already exists at version {version}"
+            )),
+            (Op::Insert, Some(_)) => None,
+            (op, None | Some((_, true))) => Some(format!(
+                "{} conflict: row does not exist",
+                op.as_str().to_ascii_lowercase()
+            )),
+            (op, Some((version, false))) if version != row.base_row_version => Some(format!(
+                "{} conflict: expected version {version}, got {}",
+                op.as_str().to_ascii_lowercase(),
+                row.base_row_version
+            )),
+            _ => None,
+        };
+        let Some(message) = message else { continue };
+        let info = registry
+            .by_id(row.table_id)
+            .ok_or_else(|| SyncError::Internal(format!("unknown table_id {}", row.table_id)))?;
+        let (server_row_version, server_row_deleted) = state.unwrap_or((0, false));
+        let server_row = if state.is_some() && !server_row_deleted {
+            current_row(tx, info, user_id, &row.key_text).await?
+        } else {
+            None
+        };
+        return Err(SyncError::PushConflict {
+            message: format!(
+                "{message} on {}.{} {}",
+                info.schema, info.table, row.key_text
+            ),
+            conflict: Box::new(PushConflictDetails {
+                schema: info.schema.clone(),
+                table: info.table.clone(),
+                key: sync_key(&info.key_column, &row.key_text),
+                op: row.op,
+                base_row_version: row.base_row_version,
+                server_row_version,
+                server_row_deleted,
+                server_row,
+            }),
+        });
+    }
+    Ok(())
+}
+
+/// The user's current row as a wire payload.
+pub(crate) async fn current_row(
+    tx: &impl GenericClient,
+    info: &TableInfo,
+    user_id: &str,
+    key_text: &str,
+) -> Result<Option<Value>, SyncError> {
+    let sql = format!(
+        "SELECT to_jsonb(src)::text FROM {} AS src WHERE src.{} = $1{} AND src.{} = $2",
+        info.ident(),
+        quote_ident(&info.key_column),
+        info.key_cast(),
+        quote_ident(SCOPE_COLUMN)
+    );
+    let Some(row) = tx.query_opt(&sql, &[&key_text, &user_id]).await? else {
+        return Ok(None);
+    };
+    let text: String = row.get(0);
+    let wire = wire_payload_text(info, &text).map_err(|e| SyncError::internal("server row", e))?;
+    serde_json::from_str(&wire)
+        .map(Some)
+        .map_err(|e| SyncError::internal("server row", e))
+}
+
+async fn apply_row(
+    tx: &impl GenericClient,
+    info: &TableInfo,
+    user_id: &str,
+    row: &PreparedRow,
+) -> Result<(), tokio_postgres::Error> {
+    let table = info.ident();
+    let key_col = quote_ident(&info.key_column);
+    let scope_col = quote_ident(SCOPE_COLUMN);
+    let payload = row.payload.as_deref().unwrap_or("{}");
+    // Column names come from the stored payload, which only holds registry columns.
+    let columns: Vec<String> = serde_json::from_str::<serde_json::Map<String, Value>>(payload)
+        .map(|m| m.keys().map(|c| quote_ident(c)).collect())
+        .unwrap_or_default();
+    match row.op {
+        Op::Delete => {
+            let sql = format!(
+                "DELETE FROM {table} WHERE {key_col} = $1{} AND {scope_col} = $2",
+                info.key_cast()
+            );
+            let stmt = tx.prepare_cached(&sql).await?;
+            tx.execute(&stmt, &[&row.key_text, &user_id]).await?;
+        }
+        Op::Insert => {
+            let list = columns.join(", ");
+            let sql = format!(
+                "INSERT INTO {table} ({scope_col}, {list})
+                 SELECT $2, {list} FROM jsonb_populate_record(NULL::{table}, $1::text::jsonb)"
+            );
+            let stmt = tx.prepare_cached(&sql).await?;
+            tx.execute(&stmt, &[&payload, &user_id]).await?;
+        }
+        Op::Update => {
+            let sets: Vec<String> = columns.iter().map(|c| format!("{c} = src.{c}")).collect();
+            let sql = format!(
+                "UPDATE {table} AS dst SET {}
+                 FROM jsonb_populate_record(NULL::{table}, $1::text::jsonb) AS src
+                 WHERE dst.{key_col} = $2{} AND dst.{scope_col} = $3",
+                sets.join(", "),
+                info.key_cast()
+            );
+            let stmt = tx.prepare_cached(&sql).await?;
+            tx.execute(&stmt, &[&payload, &row.key_text, &user_id])
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn create(
+    State(service): State<Arc<SyncService>>,
+    actor: Actor,
+    JsonBody(req): JsonBody<PushSessionCreateRequest>,
+) -> Result<Json<PushSessionCreateResponse>, SyncError> {
+    Ok(Json(service.create_push_session(&actor, &req).await?))
+}
+
+pub(crate) async fn upload_chunk(
+    State(service): State<Arc<SyncService>>,
+    actor: Actor,
+    Path(push_id): Path<String>,
+    JsonBody(req): JsonBody<PushSessionChunkRequest>,
+) -> Result<Json<PushSessionChunkResponse>, SyncError> {
+    Ok(Json(
+        service.upload_push_chunk(&actor, &push_id, &req).await?,
+    ))
+}
+
+pub(crate) async fn commit(
+    State(service): State<Arc<SyncService>>,
+    actor: Actor,
+    Path(push_id): Path<String>,
+) -> Result<Json<PushSessionCommitResponse>, SyncError> {
+    Ok(Json(service.commit_push_session(&actor, &push_id).await?))
+}
+
+pub(crate) async fn delete(
+    State(service): State<Arc<SyncService>>,
+    actor: Actor,
+    Path(push_id): Path<String>,
+) -> Result<StatusCode, SyncError> {
+    service.delete_push_session(&actor, &push_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

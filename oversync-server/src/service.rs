@@ -1,0 +1,201 @@
+//! The sync service: shared state of all handlers, and the router that exposes them.
+
+use crate::bootstrap::{BootstrapError, Registry, bootstrap};
+use crate::config::ServiceConfig;
+use crate::error::SyncError;
+use crate::watch::WatchHub;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+
+/// Shared state of the sync runtime. Create it with [`SyncService::start`], mount
+/// [`SyncService::router`] behind the host's auth layer (which must insert an
+/// [`crate::AuthenticatedUser`] extension), and use [`SyncService::begin_server_write`] for
+/// server-originated writes.
+pub struct SyncService {
+    pub(crate) pool: Pool,
+    pub(crate) pg_config: tokio_postgres::Config,
+    pub(crate) config: ServiceConfig,
+    registry: RwLock<Arc<Registry>>,
+    pub(crate) hub: WatchHub,
+    pub(crate) inflight: AtomicI64,
+    listener: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for SyncService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncService")
+            .field("app_name", &self.config.app_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a connection pool for `pg_config`; sessions use UTC so timestamps in payloads
+/// are rendered as `+00:00`, as the reference does.
+pub fn connect_pool(mut pg_config: tokio_postgres::Config, max_size: usize) -> Pool {
+    pg_config.options("-c TimeZone=UTC");
+    let manager = Manager::from_config(
+        pg_config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    // Building a pool without a runtime-specific timeout cannot fail.
+    Pool::builder(manager)
+        .max_size(max_size)
+        .build()
+        .unwrap_or_else(|e| unreachable!("pool builder without timeouts: {e}"))
+}
+
+impl SyncService {
+    /// Connects, bootstraps the `sync` schema for `config.tables` and starts the watch
+    /// listener (when enabled). Must run inside a tokio runtime.
+    pub async fn start(
+        pg_config: tokio_postgres::Config,
+        config: ServiceConfig,
+    ) -> Result<Arc<SyncService>, BootstrapError> {
+        let pool = connect_pool(pg_config.clone(), 16);
+        let registry = {
+            let mut client = pool
+                .get()
+                .await
+                .map_err(|e| BootstrapError::InvalidConfig(format!("database connection: {e}")))?;
+            bootstrap(&mut client, &config.tables).await?
+        };
+        let service = Arc::new(SyncService {
+            pool,
+            pg_config,
+            config,
+            registry: RwLock::new(Arc::new(registry)),
+            hub: WatchHub::default(),
+            inflight: AtomicI64::new(0),
+            listener: std::sync::Mutex::new(None),
+        });
+        if service.config.watch.enabled {
+            let handle = tokio::spawn(crate::watch::run_listener(Arc::downgrade(&service)));
+            if let Ok(mut slot) = service.listener.lock() {
+                *slot = Some(handle);
+            }
+        }
+        Ok(service)
+    }
+
+    /// Re-runs bootstrap (after the host recreated business tables) and swaps the registry.
+    pub async fn rebootstrap(&self) -> Result<(), BootstrapError> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| BootstrapError::InvalidConfig(format!("database connection: {e}")))?;
+        let registry = bootstrap(&mut client, &self.config.tables).await?;
+        if let Ok(mut slot) = self.registry.write() {
+            *slot = Arc::new(registry);
+        }
+        Ok(())
+    }
+
+    /// Stops the watch listener task.
+    pub fn shutdown(&self) {
+        if let Ok(mut slot) = self.listener.lock()
+            && let Some(handle) = slot.take()
+        {
+            handle.abort();
+        }
+    }
+
+    /// The connection pool (for host queries; business-table writes must go through
+    /// [`SyncService::begin_server_write`]).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    /// The current registry of tables.
+    pub fn registry(&self) -> Arc<Registry> {
+        match self.registry.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, SyncError> {
+        Ok(self.pool.get().await?)
+    }
+
+    pub(crate) fn begin_op(&self) -> InflightGuard<'_> {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(&self.inflight)
+    }
+
+    /// Routes `/sync/*` (needs an [`crate::AuthenticatedUser`] extension, else 401) and the
+    /// unauthenticated `/syncx/health` and `/syncx/status`.
+    pub fn router(self: &Arc<Self>) -> Router {
+        self.sync_routes().merge(self.public_routes())
+    }
+
+    /// Only the `/sync/*` routes (to wrap in the host's auth layer).
+    pub fn sync_routes(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/sync/capabilities", get(crate::status::capabilities))
+            .route("/sync/connect", post(crate::connect::connect))
+            .route("/sync/push-sessions", post(crate::push_sessions::create))
+            .route(
+                "/sync/push-sessions/{push_id}/chunks",
+                post(crate::push_sessions::upload_chunk),
+            )
+            .route(
+                "/sync/push-sessions/{push_id}/commit",
+                post(crate::push_sessions::commit),
+            )
+            .route(
+                "/sync/push-sessions/{push_id}",
+                delete(crate::push_sessions::delete),
+            )
+            .route(
+                "/sync/committed-bundles/{bundle_seq}/rows",
+                get(crate::committed_bundles::rows),
+            )
+            .route("/sync/pull", get(crate::pull::pull))
+            .route("/sync/watch", get(crate::watch::watch))
+            .route("/sync/snapshot-sessions", post(crate::snapshots::create))
+            .route(
+                "/sync/snapshot-sessions/{snapshot_id}",
+                get(crate::snapshots::chunk).delete(crate::snapshots::delete),
+            )
+            .layer(DefaultBodyLimit::max(self.config.limits.max_body_bytes))
+            .with_state(self.clone())
+    }
+
+    /// Only `/syncx/health` and `/syncx/status`.
+    pub fn public_routes(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/syncx/health", get(crate::status::health))
+            .route("/syncx/status", get(crate::status::status))
+            .with_state(self.clone())
+    }
+}
+
+impl Drop for SyncService {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Counts an operation as in flight for `/syncx/status`.
+pub(crate) struct InflightGuard<'a>(&'a AtomicI64);
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

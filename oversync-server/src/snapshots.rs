@@ -1,0 +1,394 @@
+//! Snapshot sessions: a frozen copy of the user's current rows at one bundle_seq, paged,
+//! optionally rotating the client's source (`source_replacement`).
+
+use crate::SyncService;
+use crate::auth::Actor;
+use crate::body::{QueryParams, read_body};
+use crate::bootstrap::SCOPE_COLUMN;
+use crate::error::SyncError;
+use crate::payload::wire_payload_text;
+use crate::scope::{require_initialized, rfc3339};
+use crate::sql::{quote_ident, quote_literal};
+use axum::Json;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::StatusCode;
+use deadpool_postgres::Transaction;
+use oversync_protocol::{
+    SnapshotChunkResponse, SnapshotRow, SnapshotSession, SnapshotSessionCreateRequest,
+    SnapshotSourceReplacement, codes, replacement_reason, sync_key,
+};
+use std::sync::Arc;
+
+impl SyncService {
+    /// Creates a frozen snapshot session.
+    pub async fn create_snapshot_session(
+        &self,
+        actor: &Actor,
+        req: &SnapshotSessionCreateRequest,
+    ) -> Result<SnapshotSession, SyncError> {
+        let _op = self.begin_op();
+        let registry = self.registry();
+        let limits = &self.config.limits;
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await?;
+        tx.execute(
+            "DELETE FROM sync.snapshot_sessions WHERE expires_at <= now()",
+            &[],
+        )
+        .await?;
+        let history = require_initialized(&tx, &actor.user_id).await?;
+        if let Some(replacement) = &req.source_replacement {
+            replace_source(&tx, actor, history.user_pk, replacement).await?;
+        }
+        let snapshot_id = uuid::Uuid::new_v4().to_string();
+        let ttl = limits.snapshot_session_ttl.as_secs_f64();
+        let sql = format!(
+            "INSERT INTO sync.snapshot_sessions (snapshot_id, user_pk, snapshot_bundle_seq, expires_at)
+             VALUES ($1::text::uuid, $2, $3, now() + make_interval(secs => $4)) RETURNING {}",
+            rfc3339("expires_at")
+        );
+        let expires_at: String = tx
+            .query_one(
+                &sql,
+                &[
+                    &snapshot_id,
+                    &history.user_pk,
+                    &history.latest_bundle_seq,
+                    &ttl,
+                ],
+            )
+            .await?
+            .get(0);
+        // Rows are copied inside PostgreSQL (bounded memory here), ordered by table then key.
+        let mut offset: i64 = 0;
+        for info in registry.tables() {
+            let sql = format!(
+                "INSERT INTO sync.snapshot_rows (snapshot_id, row_ordinal, table_id, key_text, row_version, payload)
+                 SELECT $1::text::uuid, $2 + row_number() OVER (ORDER BY s.k COLLATE \"C\"), {id},
+                        s.k, COALESCE(rs.bundle_seq, 0), s.p
+                 FROM (SELECT src.{key}::text AS k, to_jsonb(src)::text AS p
+                       FROM {table} AS src WHERE src.{scope} = $3) AS s
+                 LEFT JOIN sync.row_state rs
+                   ON rs.user_pk = $4 AND rs.table_id = {id} AND rs.key_text = s.k",
+                id = quote_literal(&info.id.to_string()) + "::int",
+                key = quote_ident(&info.key_column),
+                table = info.ident(),
+                scope = quote_ident(SCOPE_COLUMN),
+            );
+            offset += tx
+                .execute(
+                    &sql,
+                    &[&snapshot_id, &offset, &actor.user_id, &history.user_pk],
+                )
+                .await? as i64;
+        }
+        let byte_count: i64 = tx
+            .query_one(
+                "SELECT COALESCE(SUM(octet_length(payload)), 0)::bigint FROM sync.snapshot_rows
+                 WHERE snapshot_id = $1::text::uuid",
+                &[&snapshot_id],
+            )
+            .await?
+            .get(0);
+        if limits.max_rows_per_snapshot_session > 0 && offset > limits.max_rows_per_snapshot_session
+        {
+            return Err(SyncError::Internal(format!(
+                "snapshot row_count {offset} exceeds limit {}",
+                limits.max_rows_per_snapshot_session
+            )));
+        }
+        if limits.max_bytes_per_snapshot_session > 0
+            && byte_count > limits.max_bytes_per_snapshot_session
+        {
+            return Err(SyncError::Internal(format!(
+                "snapshot byte_count {byte_count} exceeds limit {}",
+                limits.max_bytes_per_snapshot_session
+            )));
+        }
+        tx.execute(
+            "UPDATE sync.snapshot_sessions SET row_count = $2, byte_count = $3
+             WHERE snapshot_id = $1::text::uuid",
+            &[&snapshot_id, &offset, &byte_count],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(SnapshotSession {
+            snapshot_id,
+            snapshot_bundle_seq: history.latest_bundle_seq,
+            row_count: offset,
+            byte_count: Some(byte_count),
+            expires_at,
+        })
+    }
+
+    /// One page of a snapshot session.
+    pub async fn snapshot_chunk(
+        &self,
+        actor: &Actor,
+        snapshot_id: &str,
+        after_row_ordinal: i64,
+        max_rows: Option<i64>,
+    ) -> Result<SnapshotChunkResponse, SyncError> {
+        let _op = self.begin_op();
+        let invalid = |m: &str| SyncError::bad_request(codes::SNAPSHOT_CHUNK_INVALID, m);
+        if after_row_ordinal < 0 {
+            return Err(invalid("after_row_ordinal must be >= 0"));
+        }
+        let limits = &self.config.limits;
+        let max_rows = max_rows.unwrap_or(limits.default_rows_per_snapshot_chunk);
+        if max_rows <= 0 {
+            return Err(invalid("max_rows must be > 0"));
+        }
+        let max_rows = max_rows.min(limits.max_rows_per_snapshot_chunk);
+        let registry = self.registry();
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let (snapshot_bundle_seq, expired) = load_session(&tx, actor, snapshot_id).await?;
+        if expired {
+            return Err(SyncError::gone(
+                codes::SNAPSHOT_SESSION_EXPIRED,
+                format!("snapshot session {snapshot_id} has expired; start a new snapshot session"),
+            ));
+        }
+        let page = tx
+            .query(
+                "SELECT table_id, key_text, row_version, payload FROM sync.snapshot_rows
+                 WHERE snapshot_id = $1::text::uuid AND row_ordinal > $2
+                 ORDER BY row_ordinal LIMIT $3",
+                &[&snapshot_id, &after_row_ordinal, &(max_rows + 1)],
+            )
+            .await?;
+        let has_more = page.len() as i64 > max_rows;
+        let mut rows = Vec::with_capacity(page.len());
+        for r in page.iter().take(max_rows as usize) {
+            let table_id: i32 = r.get(0);
+            let key_text: String = r.get(1);
+            let db_payload: String = r.get(3);
+            let info = registry
+                .by_id(table_id)
+                .ok_or_else(|| SyncError::Internal(format!("unknown table_id {table_id}")))?;
+            let wire = wire_payload_text(info, &db_payload)
+                .map_err(|e| SyncError::internal("snapshot payload", e))?;
+            rows.push(SnapshotRow {
+                schema: info.schema.clone(),
+                table: info.table.clone(),
+                key: sync_key(&info.key_column, &key_text),
+                row_version: r.get(2),
+                payload: serde_json::from_str(&wire)
+                    .map_err(|e| SyncError::internal("snapshot payload", e))?,
+            });
+        }
+        Ok(SnapshotChunkResponse {
+            snapshot_id: snapshot_id.to_owned(),
+            snapshot_bundle_seq,
+            next_row_ordinal: after_row_ordinal + rows.len() as i64,
+            rows,
+            has_more,
+        })
+    }
+
+    /// Deletes a snapshot session.
+    pub async fn delete_snapshot_session(
+        &self,
+        actor: &Actor,
+        snapshot_id: &str,
+    ) -> Result<(), SyncError> {
+        let _op = self.begin_op();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        load_session(&tx, actor, snapshot_id).await?;
+        tx.execute(
+            "DELETE FROM sync.snapshot_sessions WHERE snapshot_id = $1::text::uuid",
+            &[&snapshot_id],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Returns `(snapshot_bundle_seq, expired)` of a session owned by `actor`.
+async fn load_session(
+    tx: &Transaction<'_>,
+    actor: &Actor,
+    snapshot_id: &str,
+) -> Result<(i64, bool), SyncError> {
+    let not_found = || {
+        SyncError::not_found(
+            codes::SNAPSHOT_SESSION_NOT_FOUND,
+            format!("snapshot session {snapshot_id} was not found"),
+        )
+    };
+    if uuid::Uuid::parse_str(snapshot_id).is_err() {
+        return Err(not_found());
+    }
+    let row = tx
+        .query_opt(
+            "SELECT us.user_id, ss.snapshot_bundle_seq, ss.expires_at <= now()
+             FROM sync.snapshot_sessions ss JOIN sync.user_state us ON us.user_pk = ss.user_pk
+             WHERE ss.snapshot_id = $1::text::uuid",
+            &[&snapshot_id],
+        )
+        .await?
+        .ok_or_else(not_found)?;
+    let owner: String = row.get(0);
+    if owner != actor.user_id {
+        return Err(SyncError::forbidden(
+            codes::SNAPSHOT_SESSION_FORBIDDEN,
+            format!("snapshot session {snapshot_id} does not belong to the authenticated user"),
+        ));
+    }
+    Ok((row.get(1), row.get(2)))
+}
+
+/// Retires the actor's source and reserves its replacement, atomically with the snapshot.
+async fn replace_source(
+    tx: &Transaction<'_>,
+    actor: &Actor,
+    user_pk: i64,
+    r: &SnapshotSourceReplacement,
+) -> Result<(), SyncError> {
+    let invalid = |m: &str| SyncError::bad_request(codes::SNAPSHOT_SESSION_INVALID, m);
+    let previous = r.previous_source_id.trim();
+    let new = r.new_source_id.trim();
+    let reason = r.reason.trim();
+    if previous != actor.source_id {
+        return Err(invalid(
+            "previous_source_id must match authenticated source_id",
+        ));
+    }
+    if new.is_empty() {
+        return Err(invalid("new_source_id is required for source replacement"));
+    }
+    if new.len() > crate::auth::MAX_SOURCE_ID_LEN {
+        return Err(invalid("new_source_id is too long"));
+    }
+    if new == previous {
+        return Err(invalid("new_source_id must differ from previous_source_id"));
+    }
+    if !replacement_reason::ALL.contains(&reason) {
+        return Err(invalid("source replacement reason is unsupported"));
+    }
+    let state = |id: &str| {
+        let id = id.to_owned();
+        async move {
+            tx.query_opt(
+                "SELECT state, replaced_by_source_id FROM sync.source_state
+                 WHERE user_pk = $1 AND source_id = $2 FOR UPDATE",
+                &[&user_pk, &id],
+            )
+            .await
+            .map(|r| r.map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1))))
+        }
+    };
+    let previous_state = state(previous).await?;
+    let new_state = state(new).await?;
+    let reserve = || async {
+        tx.execute(
+            "INSERT INTO sync.source_state (user_pk, source_id, state) VALUES ($1, $2, 'reserved')",
+            &[&user_pk, &new],
+        )
+        .await
+    };
+    match previous_state {
+        Some((s, replaced_by)) if s == "retired" => {
+            // Retrying the same rotation is allowed; a different replacement is not.
+            if replaced_by.as_deref() != Some(new) {
+                return Err(SyncError::SourceRetired {
+                    source_id: previous.to_owned(),
+                    replaced_by,
+                });
+            }
+            match new_state {
+                None => {
+                    reserve().await?;
+                }
+                Some((s, _)) if s == "reserved" || s == "active" => {}
+                Some(_) => {
+                    return Err(SyncError::conflict(
+                        codes::SOURCE_REPLACEMENT_INVALID,
+                        format!("replacement source {new} is not available for rotated rebuild"),
+                    ));
+                }
+            }
+        }
+        _ => {
+            if new_state.is_some() {
+                return Err(SyncError::conflict(
+                    codes::SOURCE_REPLACEMENT_INVALID,
+                    format!(
+                        "replacement source {new} is already known for user {}",
+                        actor.user_id
+                    ),
+                ));
+            }
+            reserve().await?;
+            tx.execute(
+                "INSERT INTO sync.source_state (user_pk, source_id, state, replaced_by_source_id, retirement_reason)
+                 VALUES ($1, $2, 'retired', $3, $4)
+                 ON CONFLICT (user_pk, source_id) DO UPDATE
+                 SET state = 'retired', replaced_by_source_id = EXCLUDED.replaced_by_source_id,
+                     retirement_reason = EXCLUDED.retirement_reason",
+                &[&user_pk, &previous, &new, &reason],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn create(
+    State(service): State<Arc<SyncService>>,
+    actor: Actor,
+    request: Request,
+) -> Result<Json<SnapshotSession>, SyncError> {
+    let bytes = read_body(request, &()).await?;
+    let req = if bytes.iter().all(u8::is_ascii_whitespace) {
+        SnapshotSessionCreateRequest::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            SyncError::bad_request(
+                codes::SNAPSHOT_SESSION_INVALID,
+                format!("failed to parse snapshot session request: {e}"),
+            )
+        })?
+    };
+    Ok(Json(service.create_snapshot_session(&actor, &req).await?))
+}
+
+pub(crate) async fn chunk(
+    State(service): State<Arc<SyncService>>,
+    actor: Actor,
+    Path(snapshot_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<SnapshotChunkResponse>, SyncError> {
+    let code = codes::SNAPSHOT_CHUNK_INVALID;
+    let q = QueryParams::parse(query.as_deref());
+    let after = q.int("after_row_ordinal", code)?.unwrap_or(0);
+    let max_rows = q.int("max_rows", code)?;
+    Ok(Json(
+        service
+            .snapshot_chunk(&actor, &snapshot_id, after, max_rows)
+            .await?,
+    ))
+}
+
+pub(crate) async fn delete(
+    State(service): State<Arc<SyncService>>,
+    actor: Actor,
+    Path(snapshot_id): Path<String>,
+) -> Result<StatusCode, SyncError> {
+    service
+        .delete_snapshot_session(&actor, &snapshot_id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
