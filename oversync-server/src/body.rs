@@ -27,10 +27,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = read_body(req, state).await?;
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|err| {
-            SyncError::bad_request(codes::INVALID_REQUEST, format!("invalid JSON body: {err}"))
-        })
+        parse_object(&bytes)
+            .map(JsonBody)
+            .map_err(|m| SyncError::bad_request(codes::INVALID_REQUEST, m))
     }
+}
+
+/// Parses a JSON object body into `T`. Non-object documents are refused (serde would
+/// otherwise accept arrays as structs).
+pub(crate) fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON body: {e}"))?;
+    if !value.is_object() {
+        return Err("request body must be a JSON object".into());
+    }
+    serde_json::from_value(value).map_err(|e| format!("invalid request body: {e}"))
 }
 
 /// Parsed query string.

@@ -355,7 +355,7 @@ pub(crate) async fn create(
     let req = if bytes.iter().all(u8::is_ascii_whitespace) {
         SnapshotSessionCreateRequest::default()
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| {
+        crate::body::parse_object(&bytes).map_err(|e| {
             SyncError::bad_request(
                 codes::SNAPSHOT_SESSION_INVALID,
                 format!("failed to parse snapshot session request: {e}"),

@@ -430,6 +430,15 @@ impl TestServer {
             .map_err(|e| TestkitError::Server(e.to_string()))?
     }
 
+    /// [`TestServer::start_with`] from async code.
+    pub async fn start_async_with(
+        configure: impl FnOnce(&mut DemoConfig) + Send + 'static,
+    ) -> Result<TestServer, TestkitError> {
+        tokio::task::spawn_blocking(move || TestServer::start_with(configure))
+            .await
+            .map_err(|e| TestkitError::Server(e.to_string()))?
+    }
+
     /// `http://127.0.0.1:PORT`, without a trailing slash.
     pub fn base_url(&self) -> &str {
         &self.base_url
