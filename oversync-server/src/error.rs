@@ -174,7 +174,15 @@ impl SyncError {
 
 impl From<tokio_postgres::Error> for SyncError {
     fn from(err: tokio_postgres::Error) -> Self {
-        SyncError::Internal(format!("database: {err}"))
+        match err.as_db_error() {
+            Some(db) => SyncError::Internal(format!(
+                "database: {} ({}){}",
+                db.message(),
+                db.code().code(),
+                db.where_().map(|w| format!(" at {w}")).unwrap_or_default()
+            )),
+            None => SyncError::Internal(format!("database: {err}")),
+        }
     }
 }
 

@@ -57,13 +57,14 @@ impl SyncService {
             .query(
                 "SELECT bundle_seq, source_id, source_bundle_id, row_count, bundle_hash
                  FROM sync.bundle_log
-                 WHERE user_pk = $1 AND bundle_seq > $2 AND bundle_seq <= $3
+                 WHERE user_pk = $1 AND bundle_seq > GREATEST($2::int8, $5::int8) AND bundle_seq <= $3
                  ORDER BY bundle_seq LIMIT $4",
                 &[
                     &history.user_pk,
                     &after_bundle_seq,
                     &stable,
                     &(max_bundles + 1),
+                    &floor,
                 ],
             )
             .await?;

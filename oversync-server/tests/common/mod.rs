@@ -6,6 +6,14 @@ use oversync_testkit::TestServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+/// Sends server logs (errors behind 500s) to the test output.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
+}
+
 pub struct Api {
     pub http: reqwest::Client,
     pub base: String,
@@ -18,6 +26,7 @@ pub fn new_id() -> String {
 }
 
 pub async fn server() -> TestServer {
+    init_logs();
     TestServer::start_async().await.expect("test server starts")
 }
 
