@@ -1,0 +1,185 @@
+//! Bootstrap validation of the registered schema, and the example binary.
+
+use oversync_server::{BootstrapError, ServiceConfig, SyncService, TableSpec};
+use oversync_testkit::PgCluster;
+use std::str::FromStr;
+
+async fn fresh_db(ddl: &str) -> tokio_postgres::Config {
+    let cluster = PgCluster::shared().expect("cluster");
+    let db = cluster.create_database().await.expect("database");
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client.batch_execute(ddl).await.expect("ddl");
+    tokio_postgres::Config::from_str(&db.url).expect("url")
+}
+
+async fn bootstrap_error(ddl: &str, tables: Vec<TableSpec>) -> String {
+    let pg = fresh_db(ddl).await;
+    match SyncService::start(pg, ServiceConfig::new("t", tables)).await {
+        Ok(_) => panic!("bootstrap should fail for: {ddl}"),
+        Err(e) => {
+            assert!(
+                matches!(
+                    e,
+                    BootstrapError::Unsupported { .. } | BootstrapError::InvalidConfig(_)
+                ),
+                "{e}"
+            );
+            e.to_string()
+        }
+    }
+}
+
+const PARENT: &str = "CREATE SCHEMA app;
+    CREATE TABLE app.parent (_sync_scope_id TEXT NOT NULL, id UUID NOT NULL, PRIMARY KEY (_sync_scope_id, id));";
+
+#[tokio::test]
+async fn unsupported_schemas_fail_closed_naming_table_and_rule() {
+    let t = |name: &str| TableSpec::new("app", name, "id");
+    let cases: Vec<(String, Vec<TableSpec>, &str)> = vec![
+        ("CREATE SCHEMA app;".into(), vec![t("missing")], "does not exist"),
+        (
+            "CREATE SCHEMA app; CREATE TABLE app.t (id UUID PRIMARY KEY);".into(),
+            vec![t("t")],
+            "_sync_scope_id TEXT NOT NULL",
+        ),
+        (
+            "CREATE SCHEMA app; CREATE TABLE app.t (_sync_scope_id TEXT, id UUID NOT NULL, UNIQUE (_sync_scope_id, id));"
+                .into(),
+            vec![t("t")],
+            "_sync_scope_id TEXT NOT NULL",
+        ),
+        (
+            "CREATE SCHEMA app; CREATE TABLE app.t (_sync_scope_id TEXT NOT NULL, id BIGINT NOT NULL, PRIMARY KEY (_sync_scope_id, id));"
+                .into(),
+            vec![t("t")],
+            "only uuid and text",
+        ),
+        (
+            "CREATE SCHEMA app; CREATE TABLE app.t (_sync_scope_id TEXT NOT NULL, id UUID NOT NULL);".into(),
+            vec![t("t")],
+            "unique constraint on (_sync_scope_id, id)",
+        ),
+        (
+            "CREATE SCHEMA app; CREATE TABLE app.t (_sync_scope_id TEXT NOT NULL, id UUID NOT NULL, n TEXT, PRIMARY KEY (_sync_scope_id, id));
+             CREATE UNIQUE INDEX t_partial ON app.t (_sync_scope_id, n) WHERE n IS NOT NULL;"
+                .into(),
+            vec![t("t")],
+            "partial or expression unique index t_partial",
+        ),
+        (
+            "CREATE SCHEMA app; CREATE TABLE app.t (_sync_scope_id TEXT NOT NULL, id UUID NOT NULL, n TEXT, PRIMARY KEY (_sync_scope_id, id), UNIQUE (n));"
+                .into(),
+            vec![t("t")],
+            "must begin with _sync_scope_id",
+        ),
+        (
+            format!("{PARENT} CREATE TABLE app.child (_sync_scope_id TEXT NOT NULL, id UUID NOT NULL, p UUID, PRIMARY KEY (_sync_scope_id, id),
+               FOREIGN KEY (_sync_scope_id, p) REFERENCES app.parent (_sync_scope_id, id));"),
+            vec![t("parent"), t("child")],
+            "must be DEFERRABLE",
+        ),
+        (
+            format!("{PARENT} CREATE TABLE app.child (_sync_scope_id TEXT NOT NULL, id UUID NOT NULL, p UUID, PRIMARY KEY (_sync_scope_id, id),
+               FOREIGN KEY (_sync_scope_id, p) REFERENCES app.parent (_sync_scope_id, id) DEFERRABLE);"),
+            vec![t("child")],
+            "FK-closed",
+        ),
+        (
+            format!("{PARENT} ALTER TABLE app.parent ADD COLUMN name TEXT, ADD UNIQUE (_sync_scope_id, name);
+               CREATE TABLE app.child (_sync_scope_id TEXT NOT NULL, id UUID NOT NULL, pname TEXT, PRIMARY KEY (_sync_scope_id, id),
+               FOREIGN KEY (_sync_scope_id, pname) REFERENCES app.parent (_sync_scope_id, name) DEFERRABLE);"),
+            vec![t("child"), t("parent")],
+            "must be scope-inclusive",
+        ),
+        (PARENT.into(), vec![TableSpec::new("app", "Parent", "id")], "must match"),
+        (
+            PARENT.into(),
+            vec![TableSpec::new("app", "parent", "_sync_scope_id")],
+            "cannot be the sync key",
+        ),
+    ];
+    for (ddl, tables, rule) in cases {
+        let message = bootstrap_error(&ddl, tables).await;
+        assert!(message.contains("app."), "names the table: {message}");
+        assert!(
+            message.contains(rule),
+            "{message:?} should mention {rule:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn supported_schema_bootstraps_idempotently_with_text_keys() {
+    let ddl = format!(
+        "{PARENT} CREATE TABLE app.notes (_sync_scope_id TEXT NOT NULL, id TEXT NOT NULL, parent_id UUID,
+           PRIMARY KEY (_sync_scope_id, id),
+           FOREIGN KEY (_sync_scope_id, parent_id) REFERENCES app.parent (_sync_scope_id, id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED);"
+    );
+    let pg = fresh_db(&ddl).await;
+    let tables = vec![
+        TableSpec::new("app", "parent", "id"),
+        TableSpec::new("app", "notes", "id"),
+    ];
+    let first = SyncService::start(pg.clone(), ServiceConfig::new("t", tables.clone()))
+        .await
+        .expect("bootstrap");
+    let ids: Vec<i32> = first.registry().tables().iter().map(|t| t.id).collect();
+    first.shutdown();
+    let second = SyncService::start(pg, ServiceConfig::new("t", tables))
+        .await
+        .expect("second bootstrap");
+    let again: Vec<i32> = second.registry().tables().iter().map(|t| t.id).collect();
+    assert_eq!(ids, again, "table ids are stable across restarts");
+    // A text-keyed row written by the server shows up as a bundle with a text key.
+    let write = second
+        .begin_server_write("u1", "admin")
+        .await
+        .expect("begin");
+    write
+        .client()
+        .execute(
+            "INSERT INTO app.notes (id, parent_id) VALUES ('note-1', NULL)",
+            &[],
+        )
+        .await
+        .expect("insert");
+    let bundle = write.commit().await.expect("commit");
+    assert_eq!(bundle.row_count, 1);
+    second.shutdown();
+}
+
+#[test]
+fn example_binary_serves_health_on_a_fresh_database() {
+    let cluster = PgCluster::shared().expect("cluster");
+    let db = cluster.create_database_blocking().expect("database");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_oversync-example-server"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &db.url)
+        .env("JWT_SECRET", "binary-test")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let mut body = String::new();
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            s.write_all(b"GET /syncx/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .expect("write");
+            s.read_to_string(&mut body).expect("read");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("\"status\":\"healthy\""), "{body}");
+}
