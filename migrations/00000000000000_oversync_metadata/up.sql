@@ -7,17 +7,18 @@ CREATE TABLE IF NOT EXISTS _sync_managed_tables (
     PRIMARY KEY (schema_name, table_name)
 );
 
--- One coalesced pending change per key. dirty_ordinal aliases the rowid, so a new entry gets
--- max + 1 without scanning the dirty set and an upsert on the key keeps the first-touch order.
+-- One coalesced pending change per key, written by the capture triggers on every app write,
+-- so it is kept cheap: dirty_ordinal aliases the rowid (a new entry gets max + 1 without
+-- scanning the dirty set, and an upsert on the key keeps the first-touch order), and the op
+-- CHECK is an OR chain because SQLite builds a temporary b-tree for an IN list on each insert.
 CREATE TABLE IF NOT EXISTS _sync_dirty_rows (
     dirty_ordinal    INTEGER PRIMARY KEY,
     schema_name      TEXT NOT NULL,
     table_name       TEXT NOT NULL,
     key_json         TEXT NOT NULL,
-    op               TEXT NOT NULL CHECK (op IN ('INSERT', 'UPDATE', 'DELETE')),
+    op               TEXT NOT NULL CHECK (op = 'INSERT' OR op = 'UPDATE' OR op = 'DELETE'),
     base_row_version INTEGER NOT NULL DEFAULT 0,
     payload          TEXT,
-    updated_at       TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     UNIQUE (schema_name, table_name, key_json)
 );
 
@@ -85,7 +86,7 @@ CREATE TABLE IF NOT EXISTS _sync_outbox_rows (
     table_name       TEXT NOT NULL,
     key_json         TEXT NOT NULL,
     wire_key_json    TEXT NOT NULL,
-    op               TEXT NOT NULL CHECK (op IN ('INSERT', 'UPDATE', 'DELETE')),
+    op               TEXT NOT NULL CHECK (op = 'INSERT' OR op = 'UPDATE' OR op = 'DELETE'),
     base_row_version INTEGER NOT NULL DEFAULT 0,
     local_payload    TEXT,
     wire_payload     TEXT,
@@ -98,7 +99,7 @@ CREATE TABLE IF NOT EXISTS _sync_push_stage (
     schema_name TEXT NOT NULL,
     table_name  TEXT NOT NULL,
     key_json    TEXT NOT NULL,
-    op          TEXT NOT NULL CHECK (op IN ('INSERT', 'UPDATE', 'DELETE')),
+    op          TEXT NOT NULL CHECK (op = 'INSERT' OR op = 'UPDATE' OR op = 'DELETE'),
     row_version INTEGER NOT NULL,
     payload     TEXT,
     PRIMARY KEY (bundle_seq, row_ordinal)

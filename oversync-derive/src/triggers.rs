@@ -91,6 +91,7 @@ impl TableTriggers<'_> {
     }
 
     /// Aborts a write whose key the protocol cannot carry, before it reaches the outbox.
+    /// (Shape by a `?`-only GLOB, digits by `unhex`: a 32-class GLOB cost more than the insert.)
     fn key_check(&self, row: &str) -> String {
         let key = format!("{row}.{}", ident(self.key_column));
         let (valid, what) = if self.key_is_blob {
@@ -99,22 +100,16 @@ impl TableTriggers<'_> {
                 "a 16-byte BLOB UUID",
             )
         } else {
-            let h = "[0-9a-f]";
-            let uuid_glob = format!(
-                "{}-{}-{}-{}-{}",
-                h.repeat(8),
-                h.repeat(4),
-                h.repeat(4),
-                h.repeat(4),
-                h.repeat(12)
-            );
             (
-                format!("typeof({key}) = 'text' AND {key} GLOB '{uuid_glob}'"),
+                format!(
+                    "typeof({key}) = 'text' AND {key} GLOB '????????-????-????-????-????????????' \
+                     AND lower({key}) = {key} AND length(unhex(replace({key}, '-', ''))) = 16"
+                ),
                 "a lowercase dashed UUID string",
             )
         };
         format!(
-            "SELECT RAISE(ABORT, {}) WHERE NOT ({valid});",
+            "SELECT RAISE(ABORT, {}) WHERE ({valid}) IS NOT 1;",
             literal(&format!(
                 "oversync: {}.{} must be {what}",
                 self.table, self.key_column
@@ -122,19 +117,26 @@ impl TableTriggers<'_> {
         )
     }
 
-    fn capture_write(&self, row: &str) -> String {
-        let table = literal(self.table);
+    /// `_sync_row_state` lookup for the row's key. Scalar subqueries, not a join: a join
+    /// against a derived key table makes SQLite build an ephemeral b-tree on every write.
+    fn row_state(&self, column: &str, key: &str) -> String {
         format!(
-            "INSERT INTO _sync_dirty_rows(schema_name, table_name, key_json, op, base_row_version, payload, dirty_ordinal, updated_at)
-  SELECT '{LOCAL_SCHEMA}', {table}, k.key_json, CASE WHEN rs.deleted = 0 THEN 'UPDATE' ELSE 'INSERT' END,
-         IFNULL(rs.row_version, 0), {payload}, NULL, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-  FROM (SELECT {key} AS key_json) AS k
-  LEFT JOIN _sync_row_state AS rs
-    ON rs.schema_name = '{LOCAL_SCHEMA}' AND rs.table_name = {table} AND rs.key_json = k.key_json
-  WHERE true
-  ON CONFLICT(schema_name, table_name, key_json) DO UPDATE
-    SET op = excluded.op, payload = excluded.payload, updated_at = excluded.updated_at;",
-            key = self.key_json(row),
+            "(SELECT {column} FROM _sync_row_state WHERE schema_name = '{LOCAL_SCHEMA}' AND table_name = {} AND key_json = {key})",
+            literal(self.table)
+        )
+    }
+
+    fn capture_write(&self, row: &str) -> String {
+        let key = self.key_json(row);
+        format!(
+            "INSERT INTO _sync_dirty_rows(schema_name, table_name, key_json, op, base_row_version, payload)
+  VALUES ('{LOCAL_SCHEMA}', {table}, {key},
+          CASE WHEN {deleted} = 0 THEN 'UPDATE' ELSE 'INSERT' END,
+          IFNULL({version}, 0), {payload})
+  ON CONFLICT(schema_name, table_name, key_json) DO UPDATE SET op = excluded.op, payload = excluded.payload;",
+            table = literal(self.table),
+            deleted = self.row_state("deleted", &key),
+            version = self.row_state("row_version", &key),
             payload = self.payload_json(row),
         )
     }
@@ -147,12 +149,11 @@ impl TableTriggers<'_> {
   WHERE schema_name = '{LOCAL_SCHEMA}' AND table_name = {table} AND key_json = {key}
     AND NOT EXISTS (SELECT 1 FROM _sync_row_state
                     WHERE schema_name = '{LOCAL_SCHEMA}' AND table_name = {table} AND key_json = {key} AND deleted = 0);
-  INSERT INTO _sync_dirty_rows(schema_name, table_name, key_json, op, base_row_version, payload, dirty_ordinal, updated_at)
-  SELECT '{LOCAL_SCHEMA}', {table}, rs.key_json, 'DELETE', rs.row_version, NULL, NULL, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+  INSERT INTO _sync_dirty_rows(schema_name, table_name, key_json, op, base_row_version, payload)
+  SELECT '{LOCAL_SCHEMA}', {table}, rs.key_json, 'DELETE', rs.row_version, NULL
   FROM _sync_row_state AS rs
   WHERE rs.schema_name = '{LOCAL_SCHEMA}' AND rs.table_name = {table} AND rs.key_json = {key} AND rs.deleted = 0
-  ON CONFLICT(schema_name, table_name, key_json) DO UPDATE
-    SET op = 'DELETE', payload = NULL, updated_at = excluded.updated_at;"
+  ON CONFLICT(schema_name, table_name, key_json) DO UPDATE SET op = 'DELETE', payload = NULL;"
         )
     }
 
@@ -181,6 +182,10 @@ END",
                 name,
             });
         }
+        // Diesel never caches prepared UPDATE statements, so every app update compiles the
+        // table's UPDATE triggers anew: the key-change trigger is declared `UPDATE OF <key>`
+        // so only statements that set the key compile it, and same-key updates skip the key
+        // check (the key was checked when it was written).
         let bodies = [
             (
                 "ai",
@@ -192,11 +197,11 @@ END",
                 "au",
                 "AFTER UPDATE".to_string(),
                 format!(" AND OLD.{key} IS NEW.{key}"),
-                format!("{}\n  {}", self.key_check("NEW"), self.capture_write("NEW")),
+                self.capture_write("NEW"),
             ),
             (
                 "au_key",
-                "AFTER UPDATE".to_string(),
+                format!("AFTER UPDATE OF {key}"),
                 format!(" AND OLD.{key} IS NOT NEW.{key}"),
                 format!(
                     "{}\n  {}\n  {}",

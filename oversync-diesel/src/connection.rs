@@ -13,6 +13,7 @@ use std::ops::{Deref, DerefMut};
 /// gives the sync handle.
 ///
 /// ```
+/// use diesel::connection::SimpleConnection;
 /// use diesel::prelude::*;
 /// use oversync_diesel::{OversyncConfig, OversyncConnection, SyncTable};
 ///
@@ -57,11 +58,13 @@ impl OversyncConnection {
     }
 
     /// Wraps an existing connection. Turns on foreign keys (cascades must fire so they are
-    /// captured), WAL journaling and a busy timeout.
+    /// captured), WAL journaling and a busy timeout, and keeps temporary files in memory:
+    /// every write to a synced table fires triggers, which makes SQLite keep a statement
+    /// journal, and a file-backed one costs several page writes per row once it spills.
     pub fn new(mut conn: SqliteConnection, config: OversyncConfig) -> Result<Self> {
         config.validate()?;
         conn.batch_execute(
-            "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
+            "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA temp_store = MEMORY; \
              PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
         )?;
         Ok(OversyncConnection {

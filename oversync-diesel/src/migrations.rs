@@ -206,6 +206,6 @@ mod tests {
     fn versions_use_diesel_format() {
         assert_eq!(diesel_version(0), "1970-01-01-000000");
         assert_eq!(diesel_version(951_782_400), "2000-02-29-000000");
-        assert_eq!(diesel_version(1_795_416_245), "2026-11-22-064405");
+        assert_eq!(diesel_version(1_795_416_245), "2026-11-23-064405");
     }
 }

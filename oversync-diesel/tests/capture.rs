@@ -291,6 +291,15 @@ fn keys_the_protocol_cannot_carry_are_rejected_at_write_time() {
             "{err}"
         );
     }
+    let err = try_exec(
+        &mut db.conn,
+        "INSERT INTO authors VALUES (NULL, 'x', NULL, NULL)",
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("NOT NULL constraint failed: authors.id"),
+        "{err}"
+    );
     let err = try_exec(&mut db.conn, "INSERT INTO blobs VALUES (x'0102', x'')").unwrap_err();
     assert!(
         err.contains("blobs.id must be a 16-byte BLOB UUID"),
