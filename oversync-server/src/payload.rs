@@ -160,7 +160,7 @@ mod tests {
         }
     }
 
-    const ID: &str = "11111111-1111-4111-8111-111111111111";
+    const ID: &str = "abcdef01-1111-4111-8111-111111111111";
 
     #[test]
     fn wire_to_db_and_back() {

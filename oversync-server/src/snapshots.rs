@@ -352,7 +352,8 @@ pub(crate) async fn create(
     request: Request,
 ) -> Result<Json<SnapshotSession>, SyncError> {
     let bytes = read_body(request, &()).await?;
-    let req = if bytes.iter().all(u8::is_ascii_whitespace) {
+    let text = String::from_utf8_lossy(&bytes);
+    let req = if text.trim().is_empty() || text.trim() == "null" {
         SnapshotSessionCreateRequest::default()
     } else {
         crate::body::parse_object(&bytes).map_err(|e| {

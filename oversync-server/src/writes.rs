@@ -145,7 +145,7 @@ impl ServerWrite {
         )
         .await?;
         let Some(bundle) = bundle else {
-            self.rollback().await?;
+            self.abandon().await?;
             return Err(SyncError::NoCapturedChanges {
                 scope_id: self.scope_id.clone(),
                 writer_id: writer,
@@ -158,7 +158,11 @@ impl ServerWrite {
     }
 
     /// Abandons the write.
-    pub async fn rollback(&mut self) -> Result<(), SyncError> {
+    pub async fn rollback(mut self) -> Result<(), SyncError> {
+        self.abandon().await
+    }
+
+    async fn abandon(&mut self) -> Result<(), SyncError> {
         if let Some(client) = self.client.take() {
             client.batch_execute("ROLLBACK").await?;
         }

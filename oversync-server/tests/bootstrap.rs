@@ -148,6 +148,55 @@ async fn supported_schema_bootstraps_idempotently_with_text_keys() {
         .expect("insert");
     let bundle = write.commit().await.expect("commit");
     assert_eq!(bundle.row_count, 1);
+    // Changing a key is captured as a delete of the old key and an insert of the new one.
+    let write = second
+        .begin_server_write("u1", "admin")
+        .await
+        .expect("begin");
+    assert!(!write.auto_initialized);
+    write
+        .client()
+        .execute(
+            "UPDATE app.notes SET id = 'note-2' WHERE id = 'note-1'",
+            &[],
+        )
+        .await
+        .expect("update");
+    let bundle = write.commit().await.expect("commit");
+    assert_eq!(
+        (bundle.bundle_seq, bundle.source_bundle_id, bundle.row_count),
+        (2, 2, 2)
+    );
+    let client = second.pool().get().await.expect("client");
+    let rows = client
+        .query(
+            "SELECT op, key_text FROM sync.bundle_rows WHERE bundle_seq = 2 ORDER BY row_ordinal",
+            &[],
+        )
+        .await
+        .expect("rows");
+    let effects: Vec<(i16, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        effects,
+        vec![(3, "note-1".to_owned()), (1, "note-2".to_owned())]
+    );
+    // An abandoned write leaves nothing behind.
+    let write = second
+        .begin_server_write("u1", "admin")
+        .await
+        .expect("begin");
+    write
+        .client()
+        .execute("DELETE FROM app.notes", &[])
+        .await
+        .expect("delete");
+    write.rollback().await.expect("rollback");
+    let left: i64 = client
+        .query_one("SELECT count(*) FROM app.notes", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 1);
     second.shutdown();
 }
 
