@@ -72,6 +72,14 @@ impl TableInfo {
         self.columns.get(column).map(String::as_str) == Some("bytea")
     }
 
+    /// SQL cast applied to a `text[]` parameter holding key values.
+    pub fn key_array_cast(&self) -> &'static str {
+        match self.key_kind {
+            KeyKind::Uuid => "::text[]::uuid[]",
+            KeyKind::Text => "::text[]",
+        }
+    }
+
     /// SQL cast applied to a text parameter holding a key value.
     pub fn key_cast(&self) -> &'static str {
         match self.key_kind {

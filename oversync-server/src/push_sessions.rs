@@ -448,13 +448,14 @@ impl SyncService {
         scope::set_bundle_context(&tx, &actor.user_id, session.user_pk).await?;
         check_conflicts(&tx, &registry, &actor.user_id, session.user_pk, &rows).await?;
 
-        for row in &rows {
-            let info = registry.by_id(row.table_id).ok_or_else(|| {
-                invalid(format!("table {} is no longer registered", row.table_id))
+        for batch in batches(&rows) {
+            let first = &batch[0];
+            let info = registry.by_id(first.table_id).ok_or_else(|| {
+                invalid(format!("table {} is no longer registered", first.table_id))
             })?;
-            apply_row(&tx, info, &actor.user_id, row)
+            apply_batch(&tx, info, &actor.user_id, batch)
                 .await
-                .map_err(|e| db_rejection(e, info, &row.key_text))?;
+                .map_err(|e| db_rejection(e, info, &first.key_text, batch.len()))?;
         }
         let bundle = finalize_bundle(
             &tx,
@@ -543,16 +544,19 @@ fn db_message(e: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
-fn db_rejection(e: tokio_postgres::Error, info: &TableInfo, key: &str) -> SyncError {
+fn db_rejection(e: tokio_postgres::Error, info: &TableInfo, key: &str, rows: usize) -> SyncError {
     if is_data_error(&e) {
+        let which = if rows == 1 {
+            format!("row {}.{} {key}", info.schema, info.table)
+        } else {
+            format!(
+                "{rows} rows of {}.{} starting at {key}",
+                info.schema, info.table
+            )
+        };
         SyncError::bad_request(
             codes::PUSH_COMMIT_INVALID,
-            format!(
-                "row {}.{} {key} rejected by the database: {}",
-                info.schema,
-                info.table,
-                db_message(&e)
-            ),
+            format!("{which} rejected by the database: {}", db_message(&e)),
         )
     } else {
         SyncError::from(e)
@@ -663,50 +667,98 @@ pub(crate) async fn current_row(
         .map_err(|e| SyncError::internal("server row", e))
 }
 
-async fn apply_row(
+/// Largest number of rows applied by one statement.
+const APPLY_BATCH: usize = 1000;
+
+/// Column names of a stored payload, in canonical (sorted) order.
+fn payload_columns(row: &PreparedRow) -> Vec<String> {
+    row.payload
+        .as_deref()
+        .and_then(|p| serde_json::from_str::<serde_json::Map<String, Value>>(p).ok())
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Splits rows into runs of the same table, op and column set, keeping their order.
+fn batches(rows: &[PreparedRow]) -> Vec<&[PreparedRow]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut columns = rows.first().map(payload_columns).unwrap_or_default();
+    for i in 1..=rows.len() {
+        let next_columns = rows.get(i).map(payload_columns);
+        let same = match (rows.get(i), &next_columns) {
+            (Some(r), Some(c)) => {
+                r.table_id == rows[start].table_id
+                    && r.op == rows[start].op
+                    && *c == columns
+                    && i - start < APPLY_BATCH
+            }
+            _ => false,
+        };
+        if !same {
+            out.push(&rows[start..i]);
+            start = i;
+            columns = next_columns.unwrap_or_default();
+        }
+    }
+    out
+}
+
+/// Applies a run of rows of one table, op and column set with one statement. Column
+/// names come from stored payloads, which only ever hold registry columns.
+async fn apply_batch(
     tx: &impl GenericClient,
     info: &TableInfo,
     user_id: &str,
-    row: &PreparedRow,
+    rows: &[PreparedRow],
 ) -> Result<(), tokio_postgres::Error> {
     let table = info.ident();
     let key_col = quote_ident(&info.key_column);
     let scope_col = quote_ident(SCOPE_COLUMN);
-    let payload = row.payload.as_deref().unwrap_or("{}");
-    // Column names come from the stored payload, which only holds registry columns.
-    let columns: Vec<String> = serde_json::from_str::<serde_json::Map<String, Value>>(payload)
-        .map(|m| m.keys().map(|c| quote_ident(c)).collect())
-        .unwrap_or_default();
-    match row.op {
+    let columns: Vec<String> = payload_columns(&rows[0])
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect();
+    let payloads = || {
+        let mut array = String::from("[");
+        for (i, r) in rows.iter().enumerate() {
+            if i > 0 {
+                array.push(',');
+            }
+            array.push_str(r.payload.as_deref().unwrap_or("{}"));
+        }
+        array.push(']');
+        array
+    };
+    match rows[0].op {
         Op::Delete => {
             let sql = format!(
-                "DELETE FROM {table} WHERE {key_col} = $1{} AND {scope_col} = $2",
-                info.key_cast()
+                "DELETE FROM {table} WHERE {key_col} = ANY($1{}[]) AND {scope_col} = $2",
+                info.key_array_cast()
             );
+            let keys: Vec<&str> = rows.iter().map(|r| r.key_text.as_str()).collect();
             let stmt = tx.prepare_cached(&sql).await?;
-            tx.execute(&stmt, &[&row.key_text, &user_id]).await?;
+            tx.execute(&stmt, &[&keys, &user_id]).await?;
         }
         Op::Insert => {
             let list = columns.join(", ");
             let sql = format!(
                 "INSERT INTO {table} ({scope_col}, {list})
-                 SELECT $2, {list} FROM jsonb_populate_record(NULL::{table}, $1::text::jsonb)"
+                 SELECT $2, {list} FROM jsonb_populate_recordset(NULL::{table}, $1::text::jsonb)"
             );
             let stmt = tx.prepare_cached(&sql).await?;
-            tx.execute(&stmt, &[&payload, &user_id]).await?;
+            tx.execute(&stmt, &[&payloads(), &user_id]).await?;
         }
         Op::Update => {
             let sets: Vec<String> = columns.iter().map(|c| format!("{c} = src.{c}")).collect();
             let sql = format!(
                 "UPDATE {table} AS dst SET {}
-                 FROM jsonb_populate_record(NULL::{table}, $1::text::jsonb) AS src
-                 WHERE dst.{key_col} = $2{} AND dst.{scope_col} = $3",
-                sets.join(", "),
-                info.key_cast()
+                 FROM jsonb_populate_recordset(NULL::{table}, $1::text::jsonb) AS src
+                 WHERE dst.{key_col} = src.{key_col} AND dst.{scope_col} = $2",
+                sets.join(", ")
             );
             let stmt = tx.prepare_cached(&sql).await?;
-            tx.execute(&stmt, &[&payload, &row.key_text, &user_id])
-                .await?;
+            tx.execute(&stmt, &[&payloads(), &user_id]).await?;
         }
     }
     Ok(())

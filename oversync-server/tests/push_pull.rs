@@ -683,3 +683,60 @@ async fn server_originated_writes_become_bundles() {
         .await;
     assert_error(s, &b, StatusCode::CONFLICT, "source_sequence_changed");
 }
+
+#[tokio::test]
+async fn large_push_in_many_chunks_round_trips() {
+    let server = server().await;
+    let api = Api::new(&server, "alice");
+    api.connect(false).await;
+    const N: usize = 2500;
+    let ids: Vec<String> = (0..N).map(|_| new_id()).collect();
+    let (_, b) = api
+        .post(
+            "/sync/push-sessions",
+            json!({"source_bundle_id": 1, "planned_row_count": N}),
+        )
+        .await;
+    let push_id = b["push_id"].as_str().expect("push id").to_owned();
+    for (i, chunk) in ids.chunks(1000).enumerate() {
+        let rows: Vec<Value> = chunk.iter().map(|id| user_row(id, "bulk")).collect();
+        let (s, b) = api
+            .post(
+                &format!("/sync/push-sessions/{push_id}/chunks"),
+                json!({"start_row_ordinal": i * 1000, "rows": rows}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    let (s, b) = api
+        .post(&format!("/sync/push-sessions/{push_id}/commit"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["row_count"], N);
+    let rows = api.committed_rows(1, 1000).await;
+    let got: Vec<&str> = rows
+        .iter()
+        .map(|r| r.key["id"].as_str().expect("id"))
+        .collect();
+    let want: Vec<&str> = ids.iter().map(String::as_str).collect();
+    assert_eq!(got, want, "bundle keeps the pushed order");
+
+    // Mixed batch: updates of half, deletes of a quarter, in one push.
+    let mut rows: Vec<Value> = ids[..1000]
+        .iter()
+        .map(|id| {
+            json!({"schema": "business", "table": "users", "key": {"id": id}, "op": "UPDATE",
+                   "base_row_version": 1, "payload": {"id": id, "name": "upd", "email": "e"}})
+        })
+        .collect();
+    rows.extend(ids[1000..1500].iter().map(|id| {
+        json!({"schema": "business", "table": "users", "key": {"id": id}, "op": "DELETE",
+               "base_row_version": 1})
+    }));
+    let (s, b) = api.push(2, rows).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["row_count"], 1500);
+    let (s, snap) = api.post("/sync/snapshot-sessions", json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(snap["row_count"], N - 500);
+}
