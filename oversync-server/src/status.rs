@@ -161,6 +161,31 @@ pub(crate) async fn health(State(service): State<Arc<SyncService>>) -> Response 
             };
             (code, Json(s)).into_response()
         }
-        Err(e) => e.into_response(),
+        Err(e) => {
+            // Readiness probes want a status, not an error: the database is unreachable.
+            tracing::warn!(error = %e, "health check failed");
+            let body = StatusResponse {
+                status: "unhealthy".to_owned(),
+                version: PROTOCOL_VERSION.to_owned(),
+                app_name: service.config.app_name.clone(),
+                lifecycle: "running".to_owned(),
+                accepting_operations: false,
+                inflight_operations: service.inflight.load(Ordering::Relaxed),
+                registered_tables: service.registry().qualified_names(),
+                features: service.features(),
+                user_state_retention_floor_ahead_count: 0,
+                latest_bundle_seq_max: 0,
+                retained_bundle_floor_min: 0,
+                retained_bundle_floor_max: 0,
+                retained_bundle_window_min: 0,
+                retained_bundle_window_max: 0,
+                history_pruned_error_count: 0,
+                accepted_push_replay_count: 0,
+                rejected_registered_write_count: 0,
+                committed_bundle_count: 0,
+                committed_bundle_bytes: 0,
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
     }
 }
