@@ -3,29 +3,8 @@
 mod common;
 
 use common::*;
-use oversync_protocol::SnapshotChunkResponse;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-async fn all_snapshot_rows(api: &Api, snapshot_id: &str, page: i64) -> Vec<Value> {
-    let mut rows = Vec::new();
-    let mut after = 0;
-    loop {
-        let (s, b) = api
-            .get(&format!(
-                "/sync/snapshot-sessions/{snapshot_id}?after_row_ordinal={after}&max_rows={page}"
-            ))
-            .await;
-        assert_eq!(s, StatusCode::OK, "{b}");
-        let chunk: SnapshotChunkResponse = serde_json::from_value(b.clone()).expect("shape");
-        assert!(chunk.rows.len() as i64 <= page);
-        rows.extend(b["rows"].as_array().expect("rows").iter().cloned());
-        after = chunk.next_row_ordinal;
-        if !chunk.has_more {
-            return rows;
-        }
-    }
-}
 
 #[tokio::test]
 async fn snapshot_sessions_page_a_frozen_copy() {

@@ -6,21 +6,6 @@ use common::*;
 use reqwest::StatusCode;
 use std::time::Duration;
 
-/// Reads the SSE stream until `needle` appears (or fails after a timeout).
-async fn read_until(resp: &mut reqwest::Response, buf: &mut String, needle: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !buf.contains(needle) {
-        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {needle:?}; got {buf:?}"))
-            .expect("stream read");
-        match chunk {
-            Some(bytes) => buf.push_str(&String::from_utf8_lossy(&bytes)),
-            None => panic!("stream ended before {needle:?}; got {buf:?}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn watch_sends_bundle_hints_and_heartbeats() {
     init_logs();

@@ -1,10 +1,13 @@
 //! Shared helpers of the server tests: an HTTP client speaking to the in-process server.
 #![allow(dead_code)]
 
-use oversync_protocol::{BundleHasher, BundleRow, CommittedBundleRowsResponse};
+use oversync_protocol::{
+    BundleHasher, BundleRow, CommittedBundleRowsResponse, SnapshotChunkResponse,
+};
 use oversync_testkit::TestServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 /// Sends server logs (errors behind 500s) to the test output.
 pub fn init_logs() {
@@ -53,7 +56,7 @@ impl Api {
         self.source.as_deref().unwrap_or("")
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -105,6 +108,17 @@ impl Api {
     /// Creates, uploads (one chunk) and commits; returns (status, body) of the first failing
     /// step or of the commit.
     pub async fn push(&self, source_bundle_id: i64, rows: Vec<Value>) -> (StatusCode, Value) {
+        let chunk = rows.len().max(1);
+        self.push_in_chunks(source_bundle_id, rows, chunk).await
+    }
+
+    /// [`Api::push`] uploading `chunk` rows per request.
+    pub async fn push_in_chunks(
+        &self,
+        source_bundle_id: i64,
+        rows: Vec<Value>,
+        chunk: usize,
+    ) -> (StatusCode, Value) {
         let (s, b) = self
             .post(
                 "/sync/push-sessions",
@@ -115,14 +129,16 @@ impl Api {
             return (s, b);
         }
         let push_id = b["push_id"].as_str().expect("push_id").to_owned();
-        let (s, b) = self
-            .post(
-                &format!("/sync/push-sessions/{push_id}/chunks"),
-                json!({"start_row_ordinal": 0, "rows": rows}),
-            )
-            .await;
-        if s != StatusCode::OK {
-            return (s, b);
+        for (i, part) in rows.chunks(chunk.max(1)).enumerate() {
+            let (s, b) = self
+                .post(
+                    &format!("/sync/push-sessions/{push_id}/chunks"),
+                    json!({"start_row_ordinal": i * chunk.max(1), "rows": part}),
+                )
+                .await;
+            if s != StatusCode::OK {
+                return (s, b);
+            }
         }
         self.post(&format!("/sync/push-sessions/{push_id}/commit"), json!({}))
             .await
@@ -175,4 +191,40 @@ pub fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, w
         "unexpected error code, body: {body}"
     );
     assert!(body["message"].is_string(), "message present: {body}");
+}
+
+/// All rows of a snapshot session, fetched in pages of `page` rows.
+pub async fn all_snapshot_rows(api: &Api, snapshot_id: &str, page: i64) -> Vec<Value> {
+    let mut rows = Vec::new();
+    let mut after = 0;
+    loop {
+        let (s, b) = api
+            .get(&format!(
+                "/sync/snapshot-sessions/{snapshot_id}?after_row_ordinal={after}&max_rows={page}"
+            ))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let chunk: SnapshotChunkResponse = serde_json::from_value(b.clone()).expect("shape");
+        assert!(chunk.rows.len() as i64 <= page);
+        rows.extend(b["rows"].as_array().expect("rows").iter().cloned());
+        after = chunk.next_row_ordinal;
+        if !chunk.has_more {
+            return rows;
+        }
+    }
+}
+
+/// Reads the SSE stream until `needle` appears (or fails after a timeout).
+pub async fn read_until(resp: &mut reqwest::Response, buf: &mut String, needle: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !buf.contains(needle) {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {needle:?}; got {buf:?}"))
+            .expect("stream read");
+        match chunk {
+            Some(bytes) => buf.push_str(&String::from_utf8_lossy(&bytes)),
+            None => panic!("stream ended before {needle:?}; got {buf:?}"),
+        }
+    }
 }
