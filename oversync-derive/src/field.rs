@@ -83,8 +83,17 @@ impl Field {
     }
 }
 
-fn last_segment(ty: &Type) -> Option<&syn::PathSegment> {
+/// Sees through `(T)` and the invisible groups `macro_rules!` wraps around `$t:ty`.
+fn unwrap_type(ty: &Type) -> &Type {
     match ty {
+        Type::Group(g) => unwrap_type(&g.elem),
+        Type::Paren(p) => unwrap_type(&p.elem),
+        other => other,
+    }
+}
+
+fn last_segment(ty: &Type) -> Option<&syn::PathSegment> {
+    match unwrap_type(ty) {
         Type::Path(p) if p.qself.is_none() => p.path.segments.last(),
         _ => None,
     }
@@ -108,11 +117,13 @@ fn strip_option(ty: &Type) -> &Type {
 }
 
 fn is_u8(ty: &Type) -> bool {
+    let ty = unwrap_type(ty);
     last_segment(ty).is_some_and(|s| s.ident == "u8" && s.arguments.is_empty())
 }
 
 /// `Vec<u8>`, `[u8; N]`, `&[u8]`, `Box<[u8]>`, `Cow<[u8]>`.
 fn is_byte_type(ty: &Type) -> bool {
+    let ty = unwrap_type(ty);
     match ty {
         Type::Array(a) => is_u8(&a.elem),
         Type::Slice(s) => is_u8(&s.elem),
@@ -129,6 +140,7 @@ fn is_byte_type(ty: &Type) -> bool {
 }
 
 fn classify_key_type(ty: &Type) -> KeyType {
+    let ty = unwrap_type(ty);
     if let Type::Array(a) = ty {
         let is_16 = matches!(&a.len, syn::Expr::Lit(l) if matches!(&l.lit, syn::Lit::Int(i) if i.base10_digits() == "16"));
         return if is_u8(&a.elem) && is_16 {

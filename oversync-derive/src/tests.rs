@@ -110,3 +110,27 @@ fn rejections_say_what_to_do() {
         error("struct A { #[sync(key, nope)] id: String }").contains("unknown sync option `nope`")
     );
 }
+
+#[test]
+fn types_from_macro_rules_are_seen_through_their_invisible_group() {
+    // `macro_rules!` passes `$t:ty` as a `Type::Group`; build that shape by hand.
+    let mut item: syn::DeriveInput =
+        syn::parse_str("struct F { #[sync(key)] id: Vec<u8>, data: Option<Vec<u8>>, r: f64 }")
+            .unwrap();
+    if let syn::Data::Struct(s) = &mut item.data {
+        for field in s.fields.iter_mut() {
+            field.ty = syn::Type::Group(syn::TypeGroup {
+                group_token: Default::default(),
+                elem: Box::new(field.ty.clone()),
+            });
+        }
+    }
+    let tokens = expand_for_test(item).expect("derive succeeds through groups");
+    let compact: String = tokens.to_string().split_whitespace().collect();
+    assert!(compact.contains("KeyKind::Blob"), "{compact}");
+    assert!(compact.contains("name:\"data\",is_blob:true"), "{compact}");
+    assert!(
+        compact.contains("printf"),
+        "the f64 column is captured with 17 digits: {compact}"
+    );
+}

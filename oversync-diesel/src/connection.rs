@@ -1,10 +1,16 @@
 //! `OversyncConnection`: a Diesel `SqliteConnection` with a sync engine attached.
 
 use crate::config::OversyncConfig;
+use crate::conflict::{ConflictResolver, ServerWins};
 use crate::error::Result;
+use crate::events::SyncEvent;
+use crate::transport::Transport;
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, SqliteConnection};
+use oversync_protocol::BundleCapabilitiesLimits;
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use tokio::sync::broadcast;
 
 /// A Diesel [`SqliteConnection`] plus the oversync sync lifecycle.
 ///
@@ -47,7 +53,16 @@ use std::ops::{Deref, DerefMut};
 pub struct OversyncConnection {
     conn: SqliteConnection,
     config: OversyncConfig,
-    opened: bool,
+    runtime: Runtime,
+}
+
+/// Per-connection sync machinery that is not stored in the database.
+pub(crate) struct Runtime {
+    pub opened: bool,
+    pub transport: Option<Transport>,
+    pub resolver: Arc<dyn ConflictResolver>,
+    pub events: broadcast::Sender<SyncEvent>,
+    pub limits: Option<BundleCapabilitiesLimits>,
 }
 
 impl OversyncConnection {
@@ -70,7 +85,13 @@ impl OversyncConnection {
         Ok(OversyncConnection {
             conn,
             config,
-            opened: false,
+            runtime: Runtime {
+                opened: false,
+                transport: None,
+                resolver: Arc::new(ServerWins),
+                events: broadcast::channel(1024).0,
+                limits: None,
+            },
         })
     }
 
@@ -79,8 +100,31 @@ impl OversyncConnection {
         crate::Oversync {
             conn: &mut self.conn,
             config: &self.config,
-            opened: &mut self.opened,
+            rt: &mut self.runtime,
         }
+    }
+
+    /// Sets the server to sync with (base URL and the app's token provider).
+    pub fn set_transport(&mut self, transport: Transport) {
+        self.runtime.transport = Some(transport);
+        self.runtime.limits = None;
+    }
+
+    /// Builder form of [`set_transport`](Self::set_transport).
+    pub fn with_transport(mut self, transport: Transport) -> Self {
+        self.set_transport(transport);
+        self
+    }
+
+    /// Sets how push conflicts are resolved (default: [`ServerWins`]).
+    pub fn set_conflict_resolver(&mut self, resolver: impl ConflictResolver) {
+        self.runtime.resolver = Arc::new(resolver);
+    }
+
+    /// Subscribes to [`SyncEvent`]s (progress, conflicts, retries, auth, changed tables).
+    /// A receiver that falls more than 1024 events behind skips the oldest.
+    pub fn subscribe(&self) -> broadcast::Receiver<SyncEvent> {
+        self.runtime.events.subscribe()
     }
 
     /// The configuration this connection syncs with.

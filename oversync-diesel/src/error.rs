@@ -18,6 +18,56 @@ pub enum Error {
         /// Rows waiting in `_sync_dirty_rows` and the outbox.
         pending_rows: u64,
     },
+    /// No [`Transport`](crate::transport::Transport) is set on the connection.
+    #[error("no sync server configured: call OversyncConnection::set_transport first")]
+    NoTransport,
+    /// The operation needs an attached user: call `attach(user_id)` first.
+    #[error("no user is attached: call conn.oversync().attach(user_id) first")]
+    NotAttached,
+    /// Another user is attached; detach first.
+    #[error(
+        "user {attached_user:?} is attached to this database: detach before attaching {requested_user:?}"
+    )]
+    AttachedToAnotherUser {
+        /// The user attached now.
+        attached_user: String,
+        /// The user asked for.
+        requested_user: String,
+    },
+    /// The server speaks a protocol version this client does not.
+    #[error("the server speaks protocol {version:?}; this client speaks v1")]
+    UnsupportedProtocol {
+        /// What the server reported.
+        version: String,
+    },
+    /// The server (or the network) failed; local intent is kept and the call can be retried.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    /// A server response broke the protocol; nothing was applied and no checkpoint moved.
+    #[error("invalid server response: {0}")]
+    InvalidResponse(String),
+    /// The source's bundle stream broke; `rebuild()` must rotate to a new source. Local
+    /// intent is kept for replay under the new source.
+    #[error("source recovery required ({reason}): call rebuild()")]
+    SourceRecoveryRequired {
+        /// The server's error code that started recovery.
+        reason: String,
+    },
+    /// A conflict resolver returned a merge the engine cannot push; local intent is kept.
+    #[error("invalid conflict resolution: {0}")]
+    InvalidResolution(String),
+    /// The push kept conflicting after the automatic retries; local intent is kept.
+    #[error(
+        "push still conflicts on {table} {key} after {retries} retries; local changes are kept"
+    )]
+    ConflictRetriesExhausted {
+        /// Table of the last conflicting row.
+        table: String,
+        /// Its key.
+        key: String,
+        /// Retries made.
+        retries: u32,
+    },
     /// `open()` has not run on this connection yet.
     #[error("oversync is not open on this connection: call conn.oversync().open() first")]
     NotOpen,

@@ -9,22 +9,35 @@
 
 extern crate self as oversync_diesel;
 
+mod apply;
+mod codec;
 mod config;
+mod conflict;
 mod connection;
 mod error;
+mod events;
 mod handle;
 mod lifecycle;
 pub mod migrations;
+mod pull;
+mod push;
+mod snapshot;
 mod state;
 mod status;
 mod table;
+pub mod transport;
 mod validate;
 
 pub use config::OversyncConfig;
+pub use conflict::{ClientWins, Conflict, ConflictResolver, Resolution, ServerWins};
 pub use connection::OversyncConnection;
 pub use error::{ConfigError, Error, Result, SchemaError};
+pub use events::{Phase, SyncEvent};
 pub use handle::Oversync;
-pub use lifecycle::OpenReport;
+pub use lifecycle::{AttachOutcome, OpenReport, SyncReport, SyncThenDetachReport};
 pub use oversync_derive::SyncTable;
-pub use status::{Binding, PendingSyncStatus, SourceInfo};
+pub use pull::PullOutcome;
+pub use push::PushOutcome;
+pub use snapshot::RebuildReport;
+pub use status::{Binding, PendingSyncStatus, SourceInfo, SyncStatus};
 pub use table::{ColumnSpec, KeyKind, SyncTable, TableSpec, TriggerSpec};

@@ -56,7 +56,7 @@ impl Oversync<'_> {
                 created_source,
             })
         })?;
-        *self.opened = true;
+        self.rt.opened = true;
         tracing::debug!(source_id = %report.source_id, created = report.created_source, "oversync opened");
         Ok(report)
     }
@@ -86,7 +86,222 @@ impl Oversync<'_> {
             }
             Ok(())
         })?;
-        *self.opened = false;
+        self.rt.opened = false;
         Ok(())
     }
+}
+
+/// How [`Oversync::attach`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachOutcome {
+    /// This user was already attached; nothing changed.
+    Resumed,
+    /// The account already had data on the server: local tables now hold it (a snapshot).
+    UsedRemoteState {
+        /// Rows hydrated.
+        rows: u64,
+    },
+    /// The account was empty on the server and this device's local rows will seed it with
+    /// the next push.
+    SeededFromLocal,
+    /// The account was empty on the server and so is this device.
+    StartedEmpty,
+    /// Another device is initializing the account: try again after `after`.
+    RetryLater {
+        /// The server's suggested delay.
+        after: std::time::Duration,
+    },
+}
+
+/// What [`Oversync::sync_then_detach`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncThenDetachReport {
+    /// Whether the user is detached now.
+    pub detached: bool,
+    /// Sync attempts made.
+    pub attempts: u32,
+    /// Rows still unsynced (0 when detached).
+    pub rows_left: u64,
+}
+
+impl Oversync<'_> {
+    /// Attaches this install to `user_id` (the signed-in user): checks the server's
+    /// capabilities (failing closed on another protocol), then resolves the account's state
+    /// with `POST /sync/connect`. Call it on every launch with a signed-in user.
+    pub async fn attach(&mut self, user_id: &str) -> Result<AttachOutcome> {
+        self.ensure_open()?;
+        if user_id.trim().is_empty() {
+            return Err(Error::InvalidState(
+                "attach needs a non-empty user id".into(),
+            ));
+        }
+        let attachment = state::attachment_state(self.conn)?;
+        if attachment.binding_state == "attached" {
+            if attachment.attached_user_id != user_id {
+                return Err(Error::AttachedToAnotherUser {
+                    attached_user: attachment.attached_user_id,
+                    requested_user: user_id.to_string(),
+                });
+            }
+            self.refresh_capabilities(&attachment.current_source_id)
+                .await?;
+            if attachment.rebuild_required != 0 {
+                let report = self.rebuild_keep_source().await?;
+                return Ok(AttachOutcome::UsedRemoteState { rows: report.rows });
+            }
+            return Ok(AttachOutcome::Resumed);
+        }
+        let source = attachment.current_source_id;
+        self.refresh_capabilities(&source).await?;
+        let pending = state::pending_row_count(self.conn)?;
+        let transport = self.transport()?;
+        let answer = transport
+            .connect(
+                &source,
+                &oversync_protocol::ConnectRequest {
+                    has_local_pending_rows: pending > 0,
+                },
+            )
+            .await
+            .map_err(|e| self.server_error(e))?;
+        use oversync_protocol::ConnectResolution as R;
+        match answer.resolution {
+            R::RetryLater => {
+                let after = std::time::Duration::from_secs(
+                    answer.retry_after_seconds.unwrap_or(1).clamp(1, 3600) as u64,
+                );
+                self.emit(crate::events::SyncEvent::RetryScheduled {
+                    attempt: 1,
+                    delay: after,
+                    reason: "another device is initializing this account".into(),
+                });
+                Ok(AttachOutcome::RetryLater { after })
+            }
+            R::InitializeEmpty => {
+                self.bind(user_id, "", false)?;
+                Ok(AttachOutcome::StartedEmpty)
+            }
+            R::InitializeLocal => {
+                let id = answer
+                    .initialization_id
+                    .filter(|id| !id.is_empty())
+                    .ok_or_else(|| {
+                        Error::InvalidResponse("initialize_local without initialization_id".into())
+                    })?;
+                self.bind(user_id, &id, false)?;
+                Ok(AttachOutcome::SeededFromLocal)
+            }
+            R::RemoteAuthoritative => {
+                // Bound with rebuild_required first: a crash mid-hydration resumes it on the
+                // next attach instead of leaving a half-empty database.
+                self.bind(user_id, "", true)?;
+                let report = self.rebuild_keep_source().await?;
+                Ok(AttachOutcome::UsedRemoteState { rows: report.rows })
+            }
+        }
+    }
+
+    async fn refresh_capabilities(&mut self, source: &str) -> Result<()> {
+        let transport = self.transport()?;
+        let caps = transport
+            .capabilities(source)
+            .await
+            .map_err(|e| self.server_error(e))?;
+        if caps.protocol_version != oversync_protocol::PROTOCOL_VERSION {
+            return Err(Error::UnsupportedProtocol {
+                version: caps.protocol_version,
+            });
+        }
+        self.rt.limits = caps.bundle_limits;
+        Ok(())
+    }
+
+    fn bind(
+        &mut self,
+        user_id: &str,
+        initialization_id: &str,
+        rebuild_required: bool,
+    ) -> Result<()> {
+        diesel::sql_query(
+            "UPDATE _sync_attachment_state SET binding_state = 'attached', attached_user_id = ?, \
+             pending_initialization_id = ?, rebuild_required = ? WHERE singleton_key = 1",
+        )
+        .bind::<Text, _>(user_id)
+        .bind::<Text, _>(initialization_id)
+        .bind::<diesel::sql_types::Integer, _>(i32::from(rebuild_required))
+        .execute(self.conn)?;
+        Ok(())
+    }
+
+    /// Detaches the user: clears the synced tables and sync state and returns to anonymous.
+    /// Refuses with [`Error::UnsyncedData`] ("blocked: unsynced data") while local changes
+    /// have not reached the server.
+    pub fn detach(&mut self) -> Result<()> {
+        self.ensure_open()?;
+        let pending_rows = state::pending_row_count(self.conn)?;
+        if pending_rows > 0 {
+            return Err(Error::UnsyncedData { pending_rows });
+        }
+        let config = self.config;
+        crate::apply::in_apply_transaction(self.conn, |conn| {
+            for spec in config.tables() {
+                conn.batch_execute(&format!(
+                    "DELETE FROM \"{}\"",
+                    spec.table_name.replace('"', "\"\"")
+                ))?;
+            }
+            conn.batch_execute(
+                "DELETE FROM _sync_row_state; DELETE FROM _sync_push_stage; DELETE FROM _sync_snapshot_stage;
+                 UPDATE _sync_attachment_state SET binding_state = 'anonymous', attached_user_id = '',
+                   last_bundle_seq_seen = 0, rebuild_required = 0, pending_initialization_id = '' WHERE singleton_key = 1;
+                 UPDATE _sync_operation_state SET kind = 'none', reason = '', target_user_id = '' WHERE singleton_key = 1;",
+            )?;
+            Ok(())
+        })?;
+        self.tables_changed(config.tables().iter().map(|t| t.table_name).collect());
+        Ok(())
+    }
+
+    /// Syncs up to three times, then detaches; reports what is left when it cannot.
+    pub async fn sync_then_detach(&mut self) -> Result<SyncThenDetachReport> {
+        const ATTEMPTS: u32 = 3;
+        let mut attempts = 0;
+        while attempts < ATTEMPTS {
+            attempts += 1;
+            self.sync().await?;
+            if state::pending_row_count(self.conn)? == 0 {
+                self.detach()?;
+                return Ok(SyncThenDetachReport {
+                    detached: true,
+                    attempts,
+                    rows_left: 0,
+                });
+            }
+        }
+        Ok(SyncThenDetachReport {
+            detached: false,
+            attempts,
+            rows_left: state::pending_row_count(self.conn)?,
+        })
+    }
+
+    /// Pushes local changes, then pulls to the server's stable ceiling.
+    pub async fn sync(&mut self) -> Result<SyncReport> {
+        self.ensure_attached()?;
+        if state::attachment_state(self.conn)?.rebuild_required != 0 {
+            self.rebuild_keep_source().await?;
+        }
+        let push = self.push_pending().await?;
+        let pull = self.pull_to_stable().await?;
+        Ok(SyncReport { push, pull })
+    }
+}
+
+/// What [`Oversync::sync`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    /// The push half.
+    pub push: crate::push::PushOutcome,
+    /// The pull half.
+    pub pull: crate::pull::PullOutcome,
 }

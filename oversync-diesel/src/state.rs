@@ -59,3 +59,86 @@ pub(crate) fn pending_row_count(conn: &mut SqliteConnection) -> QueryResult<u64>
     .get_result(conn)?;
     Ok(c.n.max(0) as u64)
 }
+
+/// The frozen push (`_sync_outbox_bundle`).
+#[derive(QueryableByName, Debug, Clone)]
+pub(crate) struct OutboxBundle {
+    #[diesel(sql_type = Text)]
+    pub state: String,
+    #[diesel(sql_type = Text)]
+    pub source_id: String,
+    #[diesel(sql_type = BigInt)]
+    pub source_bundle_id: i64,
+    #[diesel(sql_type = BigInt)]
+    pub row_count: i64,
+    #[diesel(sql_type = Text)]
+    pub initialization_id: String,
+    #[diesel(sql_type = Text)]
+    pub remote_bundle_hash: String,
+    #[diesel(sql_type = BigInt)]
+    pub remote_bundle_seq: i64,
+}
+
+pub(crate) fn outbox_bundle(conn: &mut SqliteConnection) -> QueryResult<OutboxBundle> {
+    sql_query(
+        "SELECT state, source_id, source_bundle_id, row_count, initialization_id, remote_bundle_hash, remote_bundle_seq \
+         FROM _sync_outbox_bundle WHERE singleton_key = 1",
+    )
+    .get_result(conn)
+}
+
+pub(crate) fn next_source_bundle_id(
+    conn: &mut SqliteConnection,
+    source_id: &str,
+) -> QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Next {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let next: Option<Next> =
+        sql_query("SELECT next_source_bundle_id AS n FROM _sync_source_state WHERE source_id = ?")
+            .bind::<Text, _>(source_id)
+            .get_result(conn)
+            .optional()?;
+    Ok(next.map(|n| n.n).unwrap_or(1))
+}
+
+pub(crate) fn pending_initialization_id(conn: &mut SqliteConnection) -> QueryResult<String> {
+    #[derive(QueryableByName)]
+    struct Init {
+        #[diesel(sql_type = Text)]
+        id: String,
+    }
+    let row: Init =
+        sql_query("SELECT pending_initialization_id AS id FROM _sync_attachment_state WHERE singleton_key = 1")
+            .get_result(conn)?;
+    Ok(row.id)
+}
+
+/// Enters durable source-recovery mode; app writes to synced tables fail until `rebuild()`.
+pub(crate) fn enter_source_recovery(conn: &mut SqliteConnection, reason: &str) -> QueryResult<()> {
+    sql_query("UPDATE _sync_operation_state SET kind = 'source_recovery', reason = ? WHERE singleton_key = 1")
+        .bind::<Text, _>(reason)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Dirty keys as (table, key_json): rows with local intent newer than a replayed bundle.
+pub(crate) fn dirty_keys(
+    conn: &mut SqliteConnection,
+) -> QueryResult<std::collections::HashSet<(String, String)>> {
+    #[derive(QueryableByName)]
+    struct Key {
+        #[diesel(sql_type = Text)]
+        table_name: String,
+        #[diesel(sql_type = Text)]
+        key_json: String,
+    }
+    let keys: Vec<Key> =
+        sql_query("SELECT table_name, key_json FROM _sync_dirty_rows").load(conn)?;
+    Ok(keys
+        .into_iter()
+        .map(|k| (k.table_name, k.key_json))
+        .collect())
+}

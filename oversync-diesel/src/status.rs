@@ -83,3 +83,40 @@ impl Oversync<'_> {
         })
     }
 }
+
+/// Where this install stands with the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncStatus {
+    /// Anonymous or attached.
+    pub binding: Binding,
+    /// Rows waiting to reach the server.
+    pub pending_rows: u64,
+    /// A frozen push is in flight (`prepared` or `committed_remote`).
+    pub push_in_flight: bool,
+    /// Last bundle applied locally.
+    pub last_bundle_seq_seen: i64,
+    /// `rebuild()` is required before syncing on.
+    pub source_recovery_required: bool,
+}
+
+impl Oversync<'_> {
+    /// The install's sync state in one read.
+    pub fn sync_status(&mut self) -> Result<SyncStatus> {
+        let info = self.source_info()?;
+        let pending_rows = state::pending_row_count(self.conn)?;
+        let outbox = state::outbox_bundle(self.conn)?;
+        Ok(SyncStatus {
+            binding: info.binding,
+            pending_rows,
+            push_in_flight: outbox.state != "none",
+            last_bundle_seq_seen: info.last_bundle_seq_seen,
+            source_recovery_required: info.source_recovery_required,
+        })
+    }
+
+    /// The last bundle applied locally (the pull checkpoint).
+    pub fn last_bundle_seq_seen(&mut self) -> Result<i64> {
+        self.ensure_open()?;
+        Ok(state::attachment_state(self.conn)?.last_bundle_seq_seen)
+    }
+}

@@ -1,0 +1,234 @@
+//! Writing authoritative server rows into the app's tables: used by push replay, pull and
+//! snapshot rebuild. Callers own the transaction and have set apply mode, so the capture
+//! triggers stay quiet; foreign keys are deferred to commit, so rows may arrive in any order
+//! (cycles included).
+//!
+//! Rows are written in multi-row statements, one prepared statement per batch: Diesel does
+//! not cache raw SQL, and preparing a statement on a synced table compiles its triggers.
+
+use crate::codec::SqlValue;
+use crate::error::Result;
+use crate::table::TableSpec;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Binary, Double, Integer, Nullable, Text};
+use diesel::sqlite::Sqlite;
+use std::collections::{HashMap, HashSet};
+
+/// One authoritative row effect, validated and decoded.
+#[derive(Debug, Clone)]
+pub(crate) struct RowEffect {
+    pub spec: &'static TableSpec,
+    /// Key value as stored locally (UUID text, or 32 hex digits for BLOB keys).
+    pub key: String,
+    /// `key_json` as the triggers write it.
+    pub key_json: String,
+    pub row_version: i64,
+    /// Column values in model order; `None` deletes the row.
+    pub values: Option<Vec<SqlValue>>,
+}
+
+/// Upper bound of bound parameters per statement (SQLite's default limit is 32766).
+const MAX_PARAMS: usize = 30_000;
+const MAX_ROWS_PER_STATEMENT: usize = 500;
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn bind_value<'a>(
+    q: diesel::query_builder::BoxedSqlQuery<'a, Sqlite, diesel::query_builder::SqlQuery>,
+    value: SqlValue,
+) -> diesel::query_builder::BoxedSqlQuery<'a, Sqlite, diesel::query_builder::SqlQuery> {
+    match value {
+        SqlValue::Null => q.bind::<Nullable<Integer>, _>(None::<i32>),
+        SqlValue::Integer(i) => q.bind::<BigInt, _>(i),
+        SqlValue::Real(f) => q.bind::<Double, _>(f),
+        SqlValue::Text(t) => q.bind::<Text, _>(t),
+        SqlValue::Blob(b) => q.bind::<Binary, _>(b),
+    }
+}
+
+fn key_value(spec: &TableSpec, key: &str) -> Result<SqlValue> {
+    Ok(match spec.key_kind {
+        crate::KeyKind::Text => SqlValue::Text(key.to_string()),
+        crate::KeyKind::Blob => SqlValue::Blob(hex::decode(key).map_err(|_| {
+            crate::Error::InvalidState(format!("{}: key {key:?} is not hex", spec.table_name))
+        })?),
+    })
+}
+
+/// Applies `effects` in order. Keys in `keep_local` (keys with newer local intent) get their
+/// row state updated but their app row left alone. Returns the tables that changed.
+pub(crate) fn apply_effects(
+    conn: &mut SqliteConnection,
+    effects: Vec<RowEffect>,
+    keep_local: &HashSet<(String, String)>,
+) -> Result<HashSet<&'static str>> {
+    conn.batch_execute("PRAGMA defer_foreign_keys = ON")?;
+    let mut changed = HashSet::new();
+    let mut batch = Batch::default();
+    for effect in effects {
+        // A key seen twice must not be reordered by batching: flush first.
+        if !batch
+            .keys
+            .insert((effect.spec.table_name, effect.key.clone()))
+        {
+            batch.flush(conn, &mut changed)?;
+            batch
+                .keys
+                .insert((effect.spec.table_name, effect.key.clone()));
+        }
+        let local =
+            keep_local.contains(&(effect.spec.table_name.to_string(), effect.key_json.clone()));
+        batch.row_states.push((
+            effect.spec.table_name,
+            effect.key_json.clone(),
+            effect.row_version,
+            effect.values.is_none(),
+        ));
+        if !local {
+            match effect.values {
+                Some(values) => batch
+                    .upserts
+                    .entry(effect.spec.table_name)
+                    .or_insert_with(|| (effect.spec, Vec::new()))
+                    .1
+                    .push(values),
+                None => batch
+                    .deletes
+                    .entry(effect.spec.table_name)
+                    .or_insert_with(|| (effect.spec, Vec::new()))
+                    .1
+                    .push(key_value(effect.spec, &effect.key)?),
+            }
+        }
+        if batch.row_states.len() >= MAX_ROWS_PER_STATEMENT {
+            batch.flush(conn, &mut changed)?;
+        }
+    }
+    batch.flush(conn, &mut changed)?;
+    Ok(changed)
+}
+
+#[derive(Default)]
+struct Batch {
+    keys: HashSet<(&'static str, String)>,
+    upserts: HashMap<&'static str, (&'static TableSpec, Vec<Vec<SqlValue>>)>,
+    deletes: HashMap<&'static str, (&'static TableSpec, Vec<SqlValue>)>,
+    row_states: Vec<(&'static str, String, i64, bool)>,
+}
+
+impl Batch {
+    fn flush(
+        &mut self,
+        conn: &mut SqliteConnection,
+        changed: &mut HashSet<&'static str>,
+    ) -> Result<()> {
+        for (table, (spec, rows)) in self.upserts.drain() {
+            changed.insert(table);
+            upsert_rows(conn, spec, rows)?;
+        }
+        for (table, (spec, keys)) in self.deletes.drain() {
+            changed.insert(table);
+            delete_rows(conn, spec, keys)?;
+        }
+        upsert_row_states(conn, std::mem::take(&mut self.row_states))?;
+        self.keys.clear();
+        Ok(())
+    }
+}
+
+fn upsert_rows(
+    conn: &mut SqliteConnection,
+    spec: &TableSpec,
+    rows: Vec<Vec<SqlValue>>,
+) -> Result<()> {
+    let columns: Vec<String> = spec.columns.iter().map(|c| ident(c.name)).collect();
+    let updates: Vec<String> = spec
+        .columns
+        .iter()
+        .filter(|c| !c.name.eq_ignore_ascii_case(spec.key_column))
+        .map(|c| format!("{0} = excluded.{0}", ident(c.name)))
+        .collect();
+    let placeholder = format!("({})", vec!["?"; columns.len()].join(", "));
+    let per_statement = (MAX_PARAMS / columns.len().max(1)).clamp(1, MAX_ROWS_PER_STATEMENT);
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<SqlValue>> = rows.by_ref().take(per_statement).collect();
+        let conflict = if updates.is_empty() {
+            "DO NOTHING".to_string()
+        } else {
+            format!("DO UPDATE SET {}", updates.join(", "))
+        };
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES {} ON CONFLICT({}) {conflict}",
+            ident(spec.table_name),
+            columns.join(", "),
+            vec![placeholder.as_str(); chunk.len()].join(", "),
+            ident(spec.key_column),
+        );
+        let mut q = diesel::sql_query(sql).into_boxed::<Sqlite>();
+        for value in chunk.into_iter().flatten() {
+            q = bind_value(q, value);
+        }
+        q.execute(conn)?;
+    }
+    Ok(())
+}
+
+fn delete_rows(conn: &mut SqliteConnection, spec: &TableSpec, keys: Vec<SqlValue>) -> Result<()> {
+    for chunk in keys.chunks(MAX_ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "DELETE FROM {} WHERE {} IN ({})",
+            ident(spec.table_name),
+            ident(spec.key_column),
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut q = diesel::sql_query(sql).into_boxed::<Sqlite>();
+        for key in chunk {
+            q = bind_value(q, key.clone());
+        }
+        q.execute(conn)?;
+    }
+    Ok(())
+}
+
+fn upsert_row_states(
+    conn: &mut SqliteConnection,
+    states: Vec<(&'static str, String, i64, bool)>,
+) -> Result<()> {
+    for chunk in states.chunks(MAX_ROWS_PER_STATEMENT) {
+        if chunk.is_empty() {
+            continue;
+        }
+        let sql = format!(
+            "INSERT INTO _sync_row_state(schema_name, table_name, key_json, row_version, deleted) VALUES {} \
+             ON CONFLICT(schema_name, table_name, key_json) DO UPDATE SET row_version = excluded.row_version, deleted = excluded.deleted",
+            vec!["('main', ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        let mut q = diesel::sql_query(sql).into_boxed::<Sqlite>();
+        for (table, key_json, version, deleted) in chunk {
+            q = q
+                .bind::<Text, _>(*table)
+                .bind::<Text, _>(key_json.clone())
+                .bind::<BigInt, _>(*version)
+                .bind::<Integer, _>(i32::from(*deleted));
+        }
+        q.execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Runs `f` in an immediate transaction with apply mode on (capture off for runtime writes).
+pub(crate) fn in_apply_transaction<T>(
+    conn: &mut SqliteConnection,
+    f: impl FnOnce(&mut SqliteConnection) -> Result<T>,
+) -> Result<T> {
+    conn.immediate_transaction(|conn| {
+        conn.batch_execute("UPDATE _sync_apply_state SET apply_mode = 1 WHERE singleton_key = 1")?;
+        let out = f(conn)?;
+        conn.batch_execute("UPDATE _sync_apply_state SET apply_mode = 0 WHERE singleton_key = 1")?;
+        Ok(out)
+    })
+}

@@ -1,0 +1,220 @@
+//! Push conflicts and how to resolve them.
+//!
+//! The server rejects a whole push when a row's `base_row_version` is stale
+//! (`409 push_conflict`). The [`ConflictResolver`] set on the connection decides per row:
+//! take the server's row, keep the local intent (rebased on the server version), or write an
+//! explicit merge. The push then retries with the same `source_bundle_id` (at most twice);
+//! an invalid merge or a third conflict fails closed with the local intent kept.
+//!
+//! A custom resolver can work with the app's own model type through serde:
+//!
+//! ```
+//! use oversync_diesel::{Conflict, ConflictResolver, Resolution};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Note { id: String, title: String, body: Option<String> }
+//!
+//! /// Keeps the server's title and appends the local body to the server's.
+//! struct MergeBodies;
+//!
+//! impl ConflictResolver for MergeBodies {
+//!     fn resolve(&self, conflict: &Conflict) -> Resolution {
+//!         let (Ok(Some(local)), Ok(Some(server))) = (conflict.local_as::<Note>(), conflict.server_as::<Note>()) else {
+//!             return Resolution::AcceptServer;
+//!         };
+//!         let merged = Note {
+//!             body: Some(format!("{}\n{}", server.body.unwrap_or_default(), local.body.unwrap_or_default())),
+//!             ..server
+//!         };
+//!         Resolution::merged(&merged).unwrap_or(Resolution::KeepLocal)
+//!     }
+//! }
+//! ```
+
+use crate::error::{Error, Result};
+use crate::table::{KeyKind, TableSpec};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use oversync_protocol::Op;
+use serde_json::{Map, Value};
+
+/// One conflicting row, as the server reported it.
+#[derive(Debug, Clone)]
+pub struct Conflict {
+    pub(crate) spec: &'static TableSpec,
+    /// Table name.
+    pub table: String,
+    /// Row key (canonical UUID string).
+    pub key: String,
+    /// What this device tried to do.
+    pub local_op: Op,
+    /// The row this device tried to write (wire form: BLOBs base64), `None` for a delete.
+    pub local_row: Option<Map<String, Value>>,
+    /// The server version the local change was based on.
+    pub base_row_version: i64,
+    /// The server's current version of the row.
+    pub server_row_version: i64,
+    /// The server has the row deleted.
+    pub server_row_deleted: bool,
+    /// The server's current row (wire form), `None` when deleted.
+    pub server_row: Option<Map<String, Value>>,
+}
+
+impl Conflict {
+    /// The local row decoded as a model type (`Deserialize`); BLOB columns as byte arrays.
+    pub fn local_as<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>> {
+        self.local_row
+            .as_ref()
+            .map(|row| decode_model(self.spec, row))
+            .transpose()
+    }
+
+    /// The server row decoded as a model type.
+    pub fn server_as<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>> {
+        self.server_row
+            .as_ref()
+            .map(|row| decode_model(self.spec, row))
+            .transpose()
+    }
+}
+
+/// What to do with one conflicting row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution {
+    /// Take the server's row (or its deletion); the local change is dropped.
+    AcceptServer,
+    /// Keep the local change, rebased on the server's version.
+    KeepLocal,
+    /// Write this full row locally and push it. BLOB columns may be byte arrays (model form)
+    /// or base64 strings (wire form); the key must be the conflicting row's key.
+    Merged(Map<String, Value>),
+}
+
+impl Resolution {
+    /// A merge from a model value (`Serialize`, fields named like the columns).
+    pub fn merged<T: serde::Serialize>(row: &T) -> Result<Resolution> {
+        match serde_json::to_value(row) {
+            Ok(Value::Object(map)) => Ok(Resolution::Merged(map)),
+            Ok(_) => Err(Error::InvalidResolution(
+                "a merged row must serialize to a JSON object".into(),
+            )),
+            Err(e) => Err(Error::InvalidResolution(format!(
+                "merged row does not serialize: {e}"
+            ))),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Resolution::AcceptServer => "accept_server",
+            Resolution::KeepLocal => "keep_local",
+            Resolution::Merged(_) => "merged",
+        }
+    }
+}
+
+/// Decides how push conflicts end. Runs synchronously inside the push.
+pub trait ConflictResolver: Send + Sync + 'static {
+    /// The resolution for one conflicting row.
+    fn resolve(&self, conflict: &Conflict) -> Resolution;
+}
+
+/// The server's row always wins (the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerWins;
+
+impl ConflictResolver for ServerWins {
+    fn resolve(&self, _: &Conflict) -> Resolution {
+        Resolution::AcceptServer
+    }
+}
+
+/// The local change always wins, rebased on the server's version.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientWins;
+
+impl ConflictResolver for ClientWins {
+    fn resolve(&self, _: &Conflict) -> Resolution {
+        Resolution::KeepLocal
+    }
+}
+
+/// Wire row -> model JSON (BLOBs as byte arrays) -> `T`.
+fn decode_model<T: serde::de::DeserializeOwned>(
+    spec: &TableSpec,
+    row: &Map<String, Value>,
+) -> Result<T> {
+    let mut model = row.clone();
+    for col in spec.columns.iter().filter(|c| c.is_blob) {
+        let name = col.name.to_lowercase();
+        if let Some(Value::String(s)) = model.get(&name) {
+            let bytes = if col.name.eq_ignore_ascii_case(spec.key_column) {
+                uuid::Uuid::try_parse(s).map(|u| u.as_bytes().to_vec()).ok()
+            } else {
+                BASE64.decode(s).ok()
+            };
+            if let Some(bytes) = bytes {
+                model.insert(
+                    name,
+                    Value::Array(bytes.into_iter().map(Value::from).collect()),
+                );
+            }
+        }
+    }
+    serde_json::from_value(Value::Object(model)).map_err(|e| {
+        Error::InvalidResolution(format!(
+            "{}: row does not decode as the model: {e}",
+            spec.table_name
+        ))
+    })
+}
+
+/// A merged row -> wire form, checked: every column present, the key unchanged.
+pub(crate) fn merged_to_wire(
+    spec: &TableSpec,
+    key: &str,
+    merged: &Map<String, Value>,
+) -> Result<Map<String, Value>> {
+    let fail = |why: String| {
+        Error::InvalidResolution(format!("{}: merged row for {key}: {why}", spec.table_name))
+    };
+    let mut wire = Map::new();
+    for col in spec.columns {
+        let name = col.name.to_lowercase();
+        let value = merged
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(col.name))
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| fail(format!("column {} is missing", col.name)))?;
+        let is_key = col.name.eq_ignore_ascii_case(spec.key_column);
+        let value = match value {
+            Value::Array(items) if col.is_blob => {
+                let bytes: Option<Vec<u8>> = items
+                    .iter()
+                    .map(|v| v.as_u64().and_then(|b| u8::try_from(b).ok()))
+                    .collect();
+                let bytes =
+                    bytes.ok_or_else(|| fail(format!("{} is not a byte array", col.name)))?;
+                if is_key && spec.key_kind == KeyKind::Blob {
+                    Value::String(
+                        uuid::Uuid::from_slice(&bytes)
+                            .map_err(|_| fail("the key is not 16 bytes".into()))?
+                            .hyphenated()
+                            .to_string(),
+                    )
+                } else {
+                    Value::String(BASE64.encode(bytes))
+                }
+            }
+            other => other,
+        };
+        if is_key && value.as_str() != Some(key) {
+            return Err(fail("the key must stay the conflicting row's key".into()));
+        }
+        wire.insert(name, value);
+    }
+    // The same checks the engine applies to server rows: types must be storable.
+    crate::codec::sql_values(spec, &wire).map_err(|e| fail(e.to_string()))?;
+    Ok(wire)
+}

@@ -1,0 +1,840 @@
+//! Push: capture -> outbox -> upload -> commit -> fetch committed bundle -> replay.
+//!
+//! 1. `freeze`: the dirty set moves into `_sync_outbox_rows` in first-touch order, in one
+//!    transaction, tagged with the next `source_bundle_id`. The outbox survives restarts: a
+//!    later call resumes it instead of collecting again.
+//! 2. `upload`: a push session, contiguous chunks within the server's limit, commit. The
+//!    committed `bundle_seq` and `bundle_hash` are stored (`committed_remote`) before
+//!    anything else, so a crash after commit resumes at step 3 (the server answers a re-created
+//!    session with `already_committed`).
+//! 3. `fetch`: the committed rows, paged into `_sync_push_stage`, hashed as they arrive; a hash
+//!    mismatch stops before anything is applied.
+//! 4. `replay`: one transaction writes the authoritative rows (keys edited since the freeze keep
+//!    their newer local value and are rebased), advances `next_source_bundle_id` and the
+//!    checkpoint, and clears the outbox.
+
+use crate::apply::{RowEffect, apply_effects, in_apply_transaction};
+use crate::codec::{self, invalid};
+use crate::conflict::{Conflict, Resolution, merged_to_wire};
+use crate::error::{Error, Result};
+use crate::events::{Phase, SyncEvent};
+use crate::handle::Oversync;
+use crate::state;
+use crate::transport::TransportError;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::sqlite::Sqlite;
+use oversync_protocol::{
+    BundleHasher, BundleRow, Op, PushConflictResponse, PushRequestRow, PushSessionChunkRequest,
+    PushSessionCreateRequest, PushSessionCreateResponse, codes,
+};
+use serde_json::{Map, Value};
+
+/// What [`Oversync::push_pending`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// No local changes were waiting.
+    NothingToPush,
+    /// The local changes are committed on the server and replayed locally.
+    Pushed {
+        /// The committed bundle.
+        bundle_seq: i64,
+        /// Rows this device sent.
+        rows_pushed: u64,
+        /// Conflicts resolved on the way.
+        conflicts_resolved: u32,
+    },
+    /// Every pending change was dropped by conflict resolution in favour of the server.
+    ResolvedWithoutPush {
+        /// Conflicts resolved.
+        conflicts_resolved: u32,
+    },
+}
+
+/// Automatic retries of one push after resolving conflicts.
+const MAX_CONFLICT_RETRIES: u32 = 2;
+/// Rows per committed-bundle page and default push chunk.
+const DEFAULT_CHUNK_ROWS: u32 = 1000;
+
+#[derive(QueryableByName)]
+struct OutboxRow {
+    #[diesel(sql_type = BigInt)]
+    row_ordinal: i64,
+    #[diesel(sql_type = Text)]
+    table_name: String,
+    #[diesel(sql_type = Text)]
+    key_json: String,
+    #[diesel(sql_type = Text)]
+    op: String,
+    #[diesel(sql_type = BigInt)]
+    base_row_version: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    local_payload: Option<String>,
+}
+
+enum Upload {
+    Committed {
+        bundle_seq: i64,
+        bundle_hash: String,
+    },
+    Conflict(Box<oversync_protocol::PushConflictDetails>),
+}
+
+impl Oversync<'_> {
+    /// Pushes every captured local change as one bundle and replays the server's committed
+    /// version locally. Safe to call again after any failure or crash: it resumes the frozen
+    /// outbox, and nothing is applied twice.
+    pub async fn push_pending(&mut self) -> Result<PushOutcome> {
+        self.ensure_attached()?;
+        let mut conflicts_resolved = 0;
+        loop {
+            let Some(outbox) = self.freeze()? else {
+                return Ok(if conflicts_resolved > 0 {
+                    PushOutcome::ResolvedWithoutPush { conflicts_resolved }
+                } else {
+                    PushOutcome::NothingToPush
+                });
+            };
+            let (bundle_seq, bundle_hash) = if outbox.state == "committed_remote" {
+                (outbox.remote_bundle_seq, outbox.remote_bundle_hash.clone())
+            } else {
+                match self.upload(&outbox).await? {
+                    Upload::Committed {
+                        bundle_seq,
+                        bundle_hash,
+                    } => {
+                        diesel::sql_query(
+                            "UPDATE _sync_outbox_bundle SET state = 'committed_remote', remote_bundle_seq = ?, remote_bundle_hash = ? WHERE singleton_key = 1",
+                        )
+                        .bind::<BigInt, _>(bundle_seq)
+                        .bind::<Text, _>(&bundle_hash)
+                        .execute(self.conn)?;
+                        (bundle_seq, bundle_hash)
+                    }
+                    Upload::Conflict(details) => {
+                        if conflicts_resolved >= MAX_CONFLICT_RETRIES {
+                            return Err(Error::ConflictRetriesExhausted {
+                                table: details.table.clone(),
+                                key: key_text(&details.key),
+                                retries: conflicts_resolved,
+                            });
+                        }
+                        self.resolve_conflict(&details)?;
+                        conflicts_resolved += 1;
+                        self.emit(SyncEvent::RetryScheduled {
+                            attempt: conflicts_resolved,
+                            delay: std::time::Duration::ZERO,
+                            reason: format!("push conflict on {} resolved", details.table),
+                        });
+                        continue;
+                    }
+                }
+            };
+            self.fetch_committed(bundle_seq, &bundle_hash).await?;
+            self.replay(&outbox, bundle_seq)?;
+            return Ok(PushOutcome::Pushed {
+                bundle_seq,
+                rows_pushed: outbox.row_count.max(0) as u64,
+                conflicts_resolved,
+            });
+        }
+    }
+
+    pub(crate) fn ensure_attached(&mut self) -> Result<state::AttachmentState> {
+        self.ensure_open()?;
+        let attachment = state::attachment_state(self.conn)?;
+        if attachment.binding_state != "attached" {
+            return Err(Error::NotAttached);
+        }
+        let operation = state::operation_state(self.conn)?;
+        if operation.kind == "source_recovery" {
+            return Err(Error::SourceRecoveryRequired {
+                reason: operation.reason,
+            });
+        }
+        Ok(attachment)
+    }
+
+    /// Freezes the dirty set into the outbox, or returns the outbox already frozen.
+    fn freeze(&mut self) -> Result<Option<state::OutboxBundle>> {
+        let schema = self.config.schema().to_string();
+        self.conn.immediate_transaction(|conn| -> Result<Option<state::OutboxBundle>> {
+            let outbox = state::outbox_bundle(conn)?;
+            if outbox.state != "none" {
+                return Ok(Some(outbox));
+            }
+            let attachment = state::attachment_state(conn)?;
+            let source_bundle_id = state::next_source_bundle_id(conn, &attachment.current_source_id)?;
+            let frozen = diesel::sql_query(
+                "INSERT INTO _sync_outbox_rows(source_bundle_id, row_ordinal, schema_name, table_name, key_json, wire_key_json, op, base_row_version, local_payload, wire_payload) \
+                 SELECT ?, ROW_NUMBER() OVER (ORDER BY dirty_ordinal) - 1, ?, table_name, key_json, '', op, base_row_version, payload, NULL \
+                 FROM _sync_dirty_rows",
+            )
+            .bind::<BigInt, _>(source_bundle_id)
+            .bind::<Text, _>(&schema)
+            .execute(conn)?;
+            if frozen == 0 {
+                return Ok(None);
+            }
+            conn.batch_execute("DELETE FROM _sync_dirty_rows")?;
+            let initialization_id = state::pending_initialization_id(conn)?;
+            diesel::sql_query(
+                "UPDATE _sync_outbox_bundle SET state = 'prepared', source_id = ?, source_bundle_id = ?, row_count = ?, \
+                 initialization_id = ?, canonical_request_hash = '', remote_bundle_hash = '', remote_bundle_seq = 0 WHERE singleton_key = 1",
+            )
+            .bind::<Text, _>(&attachment.current_source_id)
+            .bind::<BigInt, _>(source_bundle_id)
+            .bind::<BigInt, _>(frozen as i64)
+            .bind::<Text, _>(&initialization_id)
+            .execute(conn)?;
+            Ok(Some(state::outbox_bundle(conn)?))
+        })
+    }
+
+    fn chunk_rows(&self) -> u32 {
+        let limits = self.rt.limits.as_ref();
+        let wanted = limits
+            .and_then(|l| l.default_rows_per_push_chunk)
+            .filter(|n| *n > 0)
+            .unwrap_or(DEFAULT_CHUNK_ROWS as i64);
+        let max = limits
+            .and_then(|l| l.max_rows_per_push_chunk)
+            .filter(|n| *n > 0)
+            .unwrap_or(wanted);
+        wanted.min(max).clamp(1, 5000) as u32
+    }
+
+    fn outbox_rows(&mut self, from: i64, count: i64) -> Result<Vec<PushRequestRow>> {
+        let rows: Vec<OutboxRow> = diesel::sql_query(
+            "SELECT row_ordinal, table_name, key_json, op, base_row_version, local_payload FROM _sync_outbox_rows \
+             WHERE row_ordinal >= ? AND row_ordinal < ? ORDER BY row_ordinal",
+        )
+        .bind::<BigInt, _>(from)
+        .bind::<BigInt, _>(from + count)
+        .load(self.conn)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, row) in rows.into_iter().enumerate() {
+            if row.row_ordinal != from + i as i64 {
+                return Err(Error::InvalidState(format!(
+                    "outbox row {} is missing",
+                    from + i as i64
+                )));
+            }
+            let spec = self.config.table_named(&row.table_name).ok_or_else(|| {
+                Error::InvalidState(format!(
+                    "outbox holds a change for unregistered table {}",
+                    row.table_name
+                ))
+            })?;
+            let op = Op::parse(&row.op)
+                .ok_or_else(|| Error::InvalidState(format!("outbox op {:?}", row.op)))?;
+            let local_key = codec::local_key_value(spec, &row.key_json)?;
+            let wire_key = codec::key_local_to_wire(spec, &local_key)?;
+            let payload = match (op, row.local_payload) {
+                (Op::Delete, _) => None,
+                (_, Some(p)) => Some(Value::Object(codec::payload_local_to_wire(spec, &p)?)),
+                (_, None) => {
+                    return Err(Error::InvalidState(format!(
+                        "{} {local_key}: write without payload",
+                        spec.table_name
+                    )));
+                }
+            };
+            out.push(PushRequestRow {
+                schema: self.config.schema().to_string(),
+                table: spec.table_name.to_string(),
+                key: oversync_protocol::sync_key(&spec.key_column.to_lowercase(), &wire_key),
+                op,
+                base_row_version: row.base_row_version,
+                payload,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Creates the push session, uploads the chunks, commits.
+    async fn upload(&mut self, outbox: &state::OutboxBundle) -> Result<Upload> {
+        let transport = self.transport()?;
+        let source = outbox.source_id.clone();
+        let request = PushSessionCreateRequest {
+            source_bundle_id: outbox.source_bundle_id,
+            planned_row_count: outbox.row_count,
+            initialization_id: (!outbox.initialization_id.is_empty())
+                .then(|| outbox.initialization_id.clone()),
+        };
+        let created = transport
+            .create_push_session(&source, &request)
+            .await
+            .map_err(|e| self.server_error(e))?;
+        let (push_id, mut next) = match created {
+            PushSessionCreateResponse::AlreadyCommitted {
+                bundle_seq,
+                source_bundle_id,
+                bundle_hash,
+                ..
+            } => {
+                if source_bundle_id != outbox.source_bundle_id || bundle_seq < 1 {
+                    return Err(invalid("already_committed answer for another bundle"));
+                }
+                return Ok(Upload::Committed {
+                    bundle_seq,
+                    bundle_hash,
+                });
+            }
+            PushSessionCreateResponse::Staging {
+                push_id,
+                next_expected_row_ordinal,
+                ..
+            } => (push_id, next_expected_row_ordinal),
+        };
+        let chunk = i64::from(self.chunk_rows());
+        while next < outbox.row_count {
+            if next < 0 {
+                return Err(invalid(format!("next_expected_row_ordinal {next}")));
+            }
+            let rows = self.outbox_rows(next, chunk)?;
+            let sent = rows.len() as i64;
+            let answer = transport
+                .upload_push_chunk(
+                    &source,
+                    &push_id,
+                    &PushSessionChunkRequest {
+                        start_row_ordinal: next,
+                        rows,
+                    },
+                )
+                .await
+                .map_err(|e| self.server_error(e))?;
+            if answer.next_expected_row_ordinal <= next
+                || answer.next_expected_row_ordinal > next + sent
+            {
+                return Err(invalid(format!(
+                    "chunk at {next} of {sent} rows answered next_expected_row_ordinal {}",
+                    answer.next_expected_row_ordinal
+                )));
+            }
+            next = answer.next_expected_row_ordinal;
+            self.emit(SyncEvent::Progress {
+                phase: Phase::Push,
+                done: next as u64,
+                total: Some(outbox.row_count as u64),
+            });
+        }
+        match transport.commit_push_session(&source, &push_id).await {
+            Ok(committed) => {
+                if committed.source_bundle_id != outbox.source_bundle_id || committed.bundle_seq < 1
+                {
+                    return Err(invalid("commit answered for another bundle"));
+                }
+                Ok(Upload::Committed {
+                    bundle_seq: committed.bundle_seq,
+                    bundle_hash: committed.bundle_hash,
+                })
+            }
+            Err(TransportError::Server {
+                status: 409,
+                code,
+                body: Some(body),
+                ..
+            }) if code == codes::PUSH_CONFLICT => {
+                let conflict: PushConflictResponse = serde_json::from_value(body)
+                    .map_err(|e| invalid(format!("push_conflict body: {e}")))?;
+                // Best effort: the session would expire anyway.
+                let _ = transport.delete_push_session(&source, &push_id).await;
+                Ok(Upload::Conflict(Box::new(conflict.conflict)))
+            }
+            Err(e) => Err(self.server_error(e)),
+        }
+    }
+
+    /// Maps server errors that change local state: source-sequence failures put the
+    /// install into durable recovery mode.
+    pub(crate) fn server_error(&mut self, error: TransportError) -> Error {
+        if let TransportError::Unauthorized { .. } = &error {
+            self.emit(SyncEvent::AuthRequired);
+        }
+        let code = error.code().unwrap_or_default().to_string();
+        let recovery = [
+            codes::SOURCE_SEQUENCE_OUT_OF_ORDER,
+            codes::SOURCE_SEQUENCE_CHANGED,
+            codes::SOURCE_RETIRED,
+        ];
+        if recovery.contains(&code.as_str()) {
+            if let Err(e) = state::enter_source_recovery(self.conn, &code) {
+                return e.into();
+            }
+            return Error::SourceRecoveryRequired { reason: code };
+        }
+        error.into()
+    }
+
+    /// Fetches the committed bundle into `_sync_push_stage`, verifying `bundle_hash`.
+    async fn fetch_committed(&mut self, bundle_seq: i64, expected_hash: &str) -> Result<()> {
+        let transport = self.transport()?;
+        let source = state::attachment_state(self.conn)?.current_source_id;
+        self.conn.batch_execute("DELETE FROM _sync_push_stage")?;
+        let page = self
+            .rt
+            .limits
+            .as_ref()
+            .and_then(|l| l.max_rows_per_committed_bundle_chunk)
+            .filter(|n| *n > 0)
+            .unwrap_or(1000)
+            .min(5000) as u32;
+        let mut hasher = BundleHasher::new();
+        let mut after: Option<i64> = None;
+        let mut ordinal: i64 = 0;
+        loop {
+            let resp = match transport
+                .committed_bundle_rows(&source, bundle_seq, after, Some(page))
+                .await
+            {
+                Ok(resp) => resp,
+                Err(e) if e.code() == Some(codes::HISTORY_PRUNED) => {
+                    // The committed tuple can no longer be replayed: rotate the source.
+                    state::enter_source_recovery(self.conn, codes::HISTORY_PRUNED)?;
+                    return Err(Error::SourceRecoveryRequired {
+                        reason: codes::HISTORY_PRUNED.into(),
+                    });
+                }
+                Err(e) => return Err(self.server_error(e)),
+            };
+            if resp.bundle_seq != bundle_seq || resp.bundle_hash != expected_hash {
+                return Err(invalid(format!(
+                    "committed bundle {bundle_seq}: page describes bundle {} / hash {}",
+                    resp.bundle_seq, resp.bundle_hash
+                )));
+            }
+            if resp.rows.is_empty() && resp.has_more {
+                return Err(invalid("committed bundle page made no progress"));
+            }
+            self.stage_push_rows(bundle_seq, ordinal, &resp.rows)?;
+            for row in &resp.rows {
+                hasher.push(row);
+            }
+            ordinal += resp.rows.len() as i64;
+            self.emit(SyncEvent::Progress {
+                phase: Phase::Replay,
+                done: ordinal as u64,
+                total: Some(resp.row_count.max(0) as u64),
+            });
+            if !resp.has_more {
+                break;
+            }
+            after = Some(ordinal - 1);
+        }
+        let actual = hasher.finish();
+        if actual != expected_hash {
+            self.conn.batch_execute("DELETE FROM _sync_push_stage")?;
+            return Err(invalid(format!(
+                "bundle {bundle_seq}: bundle_hash {actual} does not match {expected_hash}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn stage_push_rows(
+        &mut self,
+        bundle_seq: i64,
+        first_ordinal: i64,
+        rows: &[BundleRow],
+    ) -> Result<()> {
+        for (chunk_index, chunk) in rows.chunks(500).enumerate() {
+            let sql = format!(
+                "INSERT INTO _sync_push_stage(bundle_seq, row_ordinal, schema_name, table_name, key_json, op, row_version, payload) VALUES {}",
+                vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+            );
+            let mut q = diesel::sql_query(sql).into_boxed::<Sqlite>();
+            for (i, row) in chunk.iter().enumerate() {
+                q = q
+                    .bind::<BigInt, _>(bundle_seq)
+                    .bind::<BigInt, _>(first_ordinal + (chunk_index * 500 + i) as i64)
+                    .bind::<Text, _>(row.schema.clone())
+                    .bind::<Text, _>(row.table.clone())
+                    .bind::<Text, _>(Value::Object(row.key.clone()).to_string())
+                    .bind::<Text, _>(row.op.as_str())
+                    .bind::<BigInt, _>(row.row_version)
+                    .bind::<Nullable<Text>, _>(row.payload.as_ref().map(Value::to_string));
+            }
+            q.execute(self.conn)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the staged committed bundle and retires the outbox, in one transaction.
+    fn replay(&mut self, outbox: &state::OutboxBundle, bundle_seq: i64) -> Result<()> {
+        let config = self.config;
+        let changed = in_apply_transaction(self.conn, |conn| {
+            let keep_local = state::dirty_keys(conn)?;
+            let mut changed = std::collections::HashSet::new();
+            let mut from = 0i64;
+            loop {
+                let page: Vec<StagedRow> = diesel::sql_query(
+                    "SELECT schema_name, table_name, key_json, op, row_version, payload FROM _sync_push_stage \
+                     WHERE bundle_seq = ? AND row_ordinal >= ? ORDER BY row_ordinal LIMIT 1000",
+                )
+                .bind::<BigInt, _>(bundle_seq)
+                .bind::<BigInt, _>(from)
+                .load(conn)?;
+                if page.is_empty() {
+                    break;
+                }
+                from += page.len() as i64;
+                let mut effects = Vec::with_capacity(page.len());
+                for row in page {
+                    let key: Map<String, Value> = serde_json::from_str(&row.key_json)
+                        .map_err(|e| invalid(format!("staged key: {e}")))?;
+                    let payload = row
+                        .payload
+                        .as_deref()
+                        .map(serde_json::from_str::<Value>)
+                        .transpose()
+                        .map_err(|e| invalid(format!("staged payload: {e}")))?;
+                    let op =
+                        Op::parse(&row.op).ok_or_else(|| invalid(format!("op {:?}", row.op)))?;
+                    effects.push(effect_from_wire(
+                        config,
+                        &row.schema_name,
+                        &row.table_name,
+                        &key,
+                        op,
+                        row.row_version,
+                        payload.as_ref(),
+                    )?);
+                }
+                changed.extend(apply_effects(conn, effects, &keep_local)?);
+            }
+            rebase_dirty_rows(conn, bundle_seq)?;
+            conn.batch_execute("DELETE FROM _sync_push_stage; DELETE FROM _sync_outbox_rows;")?;
+            conn.batch_execute(
+                "UPDATE _sync_outbox_bundle SET state = 'none', source_id = '', source_bundle_id = 0, row_count = 0, \
+                 initialization_id = '', canonical_request_hash = '', remote_bundle_hash = '', remote_bundle_seq = 0 WHERE singleton_key = 1",
+            )?;
+            diesel::sql_query(
+                "UPDATE _sync_source_state SET next_source_bundle_id = MAX(next_source_bundle_id, ?) WHERE source_id = ?",
+            )
+            .bind::<BigInt, _>(outbox.source_bundle_id + 1)
+            .bind::<Text, _>(&outbox.source_id)
+            .execute(conn)?;
+            // The checkpoint moves only over contiguous history: bundles of other devices
+            // committed before ours are still to be pulled.
+            diesel::sql_query(
+                "UPDATE _sync_attachment_state SET pending_initialization_id = '', \
+                 last_bundle_seq_seen = CASE WHEN last_bundle_seq_seen + 1 = ? THEN ? ELSE last_bundle_seq_seen END WHERE singleton_key = 1",
+            )
+            .bind::<BigInt, _>(bundle_seq)
+            .bind::<BigInt, _>(bundle_seq)
+            .execute(conn)?;
+            Ok(changed)
+        })?;
+        self.tables_changed(changed);
+        Ok(())
+    }
+
+    pub(crate) fn tables_changed(&self, changed: std::collections::HashSet<&'static str>) {
+        if !changed.is_empty() {
+            let mut tables: Vec<String> = changed.into_iter().map(str::to_string).collect();
+            tables.sort();
+            self.emit(SyncEvent::TablesChanged { tables });
+        }
+    }
+
+    /// Applies the resolver's decision for one conflicting row to the outbox and the local
+    /// tables, in one transaction. An invalid resolution changes nothing.
+    fn resolve_conflict(&mut self, details: &oversync_protocol::PushConflictDetails) -> Result<()> {
+        if details.schema != self.config.schema() {
+            return Err(invalid(format!("conflict on schema {}", details.schema)));
+        }
+        let spec = self
+            .config
+            .table_named(&details.table)
+            .ok_or_else(|| invalid(format!("conflict on unregistered table {}", details.table)))?;
+        let (local_key, key_json) = codec::key_wire_to_local(spec, &details.key)?;
+        let wire_key = key_text(&details.key);
+        let outbox_row: OutboxRow = diesel::sql_query(
+            "SELECT row_ordinal, table_name, key_json, op, base_row_version, local_payload FROM _sync_outbox_rows WHERE table_name = ? AND key_json = ?",
+        )
+        .bind::<Text, _>(spec.table_name)
+        .bind::<Text, _>(&key_json)
+        .get_result(self.conn)
+        .optional()?
+        .ok_or_else(|| invalid(format!("conflict on {} {wire_key}, which this push does not contain", spec.table_name)))?;
+        let local_op = Op::parse(&outbox_row.op)
+            .ok_or_else(|| Error::InvalidState(format!("outbox op {:?}", outbox_row.op)))?;
+        let server_row = match (&details.server_row, details.server_row_deleted) {
+            (_, true) | (None, _) | (Some(Value::Null), _) => None,
+            (Some(Value::Object(row)), false) => {
+                codec::check_payload_key(spec, &wire_key, row)?;
+                codec::sql_values(spec, row)?;
+                Some(row.clone())
+            }
+            (Some(_), false) => return Err(invalid("conflict server_row is not an object")),
+        };
+        if !details.server_row_deleted && server_row.is_none() {
+            return Err(invalid("conflict without server_row for a live row"));
+        }
+        let conflict = Conflict {
+            spec,
+            table: spec.table_name.to_string(),
+            key: wire_key.clone(),
+            local_op,
+            local_row: outbox_row
+                .local_payload
+                .as_deref()
+                .map(|p| codec::payload_local_to_wire(spec, p))
+                .transpose()?,
+            base_row_version: details.base_row_version,
+            server_row_version: details.server_row_version,
+            server_row_deleted: details.server_row_deleted,
+            server_row: server_row.clone(),
+        };
+        let resolution = self.rt.resolver.resolve(&conflict);
+        let merged = match &resolution {
+            Resolution::Merged(row) => Some(merged_to_wire(spec, &wire_key, row)?),
+            _ => None,
+        };
+        let server_version = details.server_row_version;
+        let server_deleted = details.server_row_deleted;
+        let keep_local = state::dirty_keys(self.conn)?
+            .contains(&(spec.table_name.to_string(), key_json.clone()));
+        let resolution_name = resolution.name();
+        in_apply_transaction(self.conn, |conn| {
+            // What the local table should now hold, and what (if anything) is still pushed.
+            let (local_values, push): (
+                Option<Option<Map<String, Value>>>,
+                Option<(Op, Option<Map<String, Value>>)>,
+            ) = match resolution {
+                Resolution::AcceptServer => (Some(server_row.clone()), None),
+                Resolution::KeepLocal => match local_op {
+                    Op::Delete if server_deleted => (None, None),
+                    Op::Delete => (None, Some((Op::Delete, None))),
+                    _ => (
+                        None,
+                        Some((
+                            if server_deleted {
+                                Op::Insert
+                            } else {
+                                Op::Update
+                            },
+                            conflict.local_row.clone(),
+                        )),
+                    ),
+                },
+                Resolution::Merged(_) => {
+                    let merged = merged.clone();
+                    (
+                        Some(merged.clone()),
+                        Some((
+                            if server_deleted {
+                                Op::Insert
+                            } else {
+                                Op::Update
+                            },
+                            merged,
+                        )),
+                    )
+                }
+            };
+            if let Some(values) = local_values {
+                let effect = RowEffect {
+                    spec,
+                    key: local_key.clone(),
+                    key_json: key_json.clone(),
+                    row_version: server_version,
+                    values: values
+                        .as_ref()
+                        .map(|row| codec::sql_values(spec, row))
+                        .transpose()?,
+                };
+                let keep = if keep_local {
+                    [(spec.table_name.to_string(), key_json.clone())]
+                        .into_iter()
+                        .collect()
+                } else {
+                    Default::default()
+                };
+                apply_effects(conn, vec![effect], &keep)?;
+                // The server row is now applied; record the server's actual state.
+                set_row_state(
+                    conn,
+                    spec.table_name,
+                    &key_json,
+                    server_version,
+                    server_deleted,
+                )?;
+            } else {
+                set_row_state(
+                    conn,
+                    spec.table_name,
+                    &key_json,
+                    server_version,
+                    server_deleted,
+                )?;
+            }
+            match push {
+                Some((op, payload)) => {
+                    let local_payload = payload
+                        .map(|p| codec::payload_wire_to_local(spec, &p))
+                        .transpose()?
+                        .map(|m| Value::Object(m).to_string());
+                    diesel::sql_query("UPDATE _sync_outbox_rows SET op = ?, base_row_version = ?, local_payload = ? WHERE row_ordinal = ?")
+                        .bind::<Text, _>(op.as_str())
+                        .bind::<BigInt, _>(server_version)
+                        .bind::<Nullable<Text>, _>(local_payload)
+                        .bind::<BigInt, _>(outbox_row.row_ordinal)
+                        .execute(conn)?;
+                }
+                None => remove_outbox_row(conn, outbox_row.row_ordinal)?,
+            }
+            rebase_dirty_rows_for_key(conn, spec.table_name, &key_json)?;
+            Ok(())
+        })?;
+        self.emit(SyncEvent::ConflictResolved {
+            table: spec.table_name.to_string(),
+            key: wire_key,
+            resolution: resolution_name,
+        });
+        Ok(())
+    }
+}
+
+#[derive(QueryableByName)]
+struct StagedRow {
+    #[diesel(sql_type = Text)]
+    schema_name: String,
+    #[diesel(sql_type = Text)]
+    table_name: String,
+    #[diesel(sql_type = Text)]
+    key_json: String,
+    #[diesel(sql_type = Text)]
+    op: String,
+    #[diesel(sql_type = BigInt)]
+    row_version: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    payload: Option<String>,
+}
+
+fn key_text(key: &Map<String, Value>) -> String {
+    match key.values().next() {
+        Some(Value::String(s)) if key.len() == 1 => s.clone(),
+        _ => Value::Object(key.clone()).to_string(),
+    }
+}
+
+/// Validates one authoritative row from the server and decodes it.
+pub(crate) fn effect_from_wire(
+    config: &crate::OversyncConfig,
+    schema: &str,
+    table: &str,
+    key: &Map<String, Value>,
+    op: Op,
+    row_version: i64,
+    payload: Option<&Value>,
+) -> Result<RowEffect> {
+    if schema != config.schema() {
+        return Err(invalid(format!(
+            "row for schema {schema:?}, expected {:?}",
+            config.schema()
+        )));
+    }
+    let spec = config
+        .table_named(table)
+        .ok_or_else(|| invalid(format!("row for unregistered table {table:?}")))?;
+    if row_version < 1 {
+        return Err(invalid(format!("{table}: row_version {row_version}")));
+    }
+    let (local_key, key_json) = codec::key_wire_to_local(spec, key)?;
+    let values = match (op, payload) {
+        (Op::Delete, _) => None,
+        (_, Some(Value::Object(row))) => {
+            codec::check_payload_key(spec, &key_text(key), row)?;
+            Some(codec::sql_values(spec, row)?)
+        }
+        _ => return Err(invalid(format!("{table}: {op} without an object payload"))),
+    };
+    Ok(RowEffect {
+        spec,
+        key: local_key,
+        key_json,
+        row_version,
+        values,
+    })
+}
+
+fn set_row_state(
+    conn: &mut SqliteConnection,
+    table: &str,
+    key_json: &str,
+    version: i64,
+    deleted: bool,
+) -> Result<()> {
+    diesel::sql_query(
+        "INSERT INTO _sync_row_state(schema_name, table_name, key_json, row_version, deleted) VALUES ('main', ?, ?, ?, ?) \
+         ON CONFLICT(schema_name, table_name, key_json) DO UPDATE SET row_version = excluded.row_version, deleted = excluded.deleted",
+    )
+    .bind::<Text, _>(table)
+    .bind::<Text, _>(key_json)
+    .bind::<BigInt, _>(version)
+    .bind::<diesel::sql_types::Integer, _>(i32::from(deleted))
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Removes one outbox row and closes the gap so ordinals stay contiguous.
+fn remove_outbox_row(conn: &mut SqliteConnection, ordinal: i64) -> Result<()> {
+    diesel::sql_query("DELETE FROM _sync_outbox_rows WHERE row_ordinal = ?")
+        .bind::<BigInt, _>(ordinal)
+        .execute(conn)?;
+    // Two steps through negative values: an in-place shift could collide on the primary key.
+    diesel::sql_query(
+        "UPDATE _sync_outbox_rows SET row_ordinal = -(row_ordinal + 1) WHERE row_ordinal > ?",
+    )
+    .bind::<BigInt, _>(ordinal)
+    .execute(conn)?;
+    conn.batch_execute(
+        "UPDATE _sync_outbox_rows SET row_ordinal = -row_ordinal - 2 WHERE row_ordinal < 0;
+         UPDATE _sync_outbox_bundle SET row_count = (SELECT COUNT(*) FROM _sync_outbox_rows) WHERE singleton_key = 1;
+         UPDATE _sync_outbox_bundle SET state = 'none', source_id = '', source_bundle_id = 0, initialization_id = ''
+           WHERE singleton_key = 1 AND row_count = 0;",
+    )?;
+    Ok(())
+}
+
+/// Local changes made after the freeze to keys the bundle touched now build on the bundle's
+/// version: base version from `_sync_row_state`, op from whether the server holds the row.
+fn rebase_dirty_rows(conn: &mut SqliteConnection, bundle_seq: i64) -> Result<()> {
+    diesel::sql_query(
+        "UPDATE _sync_dirty_rows SET base_row_version = rs.row_version, \
+           op = CASE WHEN _sync_dirty_rows.op = 'DELETE' THEN 'DELETE' WHEN rs.deleted = 0 THEN 'UPDATE' ELSE 'INSERT' END \
+         FROM _sync_row_state AS rs \
+         WHERE rs.schema_name = _sync_dirty_rows.schema_name AND rs.table_name = _sync_dirty_rows.table_name \
+           AND rs.key_json = _sync_dirty_rows.key_json AND rs.row_version = ?",
+    )
+    .bind::<BigInt, _>(bundle_seq)
+    .execute(conn)?;
+    conn.batch_execute(
+        "DELETE FROM _sync_dirty_rows WHERE op = 'DELETE' AND EXISTS (SELECT 1 FROM _sync_row_state AS rs \
+           WHERE rs.schema_name = _sync_dirty_rows.schema_name AND rs.table_name = _sync_dirty_rows.table_name \
+             AND rs.key_json = _sync_dirty_rows.key_json AND rs.deleted = 1)",
+    )?;
+    Ok(())
+}
+
+fn rebase_dirty_rows_for_key(
+    conn: &mut SqliteConnection,
+    table: &str,
+    key_json: &str,
+) -> Result<()> {
+    diesel::sql_query(
+        "UPDATE _sync_dirty_rows SET base_row_version = rs.row_version, \
+           op = CASE WHEN _sync_dirty_rows.op = 'DELETE' THEN 'DELETE' WHEN rs.deleted = 0 THEN 'UPDATE' ELSE 'INSERT' END \
+         FROM _sync_row_state AS rs \
+         WHERE rs.schema_name = _sync_dirty_rows.schema_name AND rs.table_name = _sync_dirty_rows.table_name \
+           AND rs.key_json = _sync_dirty_rows.key_json AND _sync_dirty_rows.table_name = ? AND _sync_dirty_rows.key_json = ?",
+    )
+    .bind::<Text, _>(table)
+    .bind::<Text, _>(key_json)
+    .execute(conn)?;
+    Ok(())
+}

@@ -1,0 +1,635 @@
+//! HTTP transport to an oversync server.
+//!
+//! [`Transport`] speaks the protocol's endpoints (`oversync-openapi.yaml`): it sends the
+//! app-owned bearer token (from a [`TokenProvider`], asked before every attempt) and the
+//! `Oversync-Source-ID` header, applies a per-attempt timeout, retries network failures
+//! and `5xx` answers with jittered exponential backoff, refreshes the token once on `401`,
+//! and turns every failure into a typed [`TransportError`] carrying the server's `error`
+//! code. It never panics on what the network delivers.
+
+mod auth;
+mod error;
+mod retry;
+mod watch;
+
+pub use auth::{AuthError, StaticToken, TokenFuture, TokenProvider, token_fn};
+pub use error::TransportError;
+pub use retry::TransportConfig;
+pub use watch::{WatchEvent, WatchStream};
+
+use oversync_protocol::{
+    CapabilitiesResponse, CommittedBundleRowsResponse, ConnectRequest, ConnectResponse,
+    PullResponse, PushSessionChunkRequest, PushSessionChunkResponse, PushSessionCommitResponse,
+    PushSessionCreateRequest, PushSessionCreateResponse, SOURCE_ID_HEADER, SnapshotChunkResponse,
+    SnapshotSession, SnapshotSessionCreateRequest,
+};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::{Method, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+/// At most this much of an error body is read.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Error messages taken from non-JSON bodies keep this many characters.
+const MAX_ERROR_MESSAGE: usize = 512;
+
+/// The client side of one oversync server. Cheap to clone (the HTTP connection pool, the
+/// token provider and the configuration are shared).
+///
+/// ```no_run
+/// use oversync_diesel::transport::{StaticToken, Transport};
+/// use oversync_protocol::ConnectRequest;
+///
+/// # async fn demo() -> Result<(), oversync_diesel::transport::TransportError> {
+/// let transport = Transport::new("https://sync.example.com", StaticToken("jwt".into()))?;
+/// let source_id = "0b5c3f0e-5c1e-4d52-9f6a-1d2e3f4a5b6c";
+/// let caps = transport.capabilities(source_id).await?;
+/// assert_eq!(caps.protocol_version, "v1");
+/// let answer = transport.connect(source_id, &ConnectRequest { has_local_pending_rows: false }).await?;
+/// println!("{:?}", answer.resolution);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: Url,
+    base_str: String,
+    auth: Box<dyn TokenProvider>,
+    config: TransportConfig,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("base_url", &self.inner.base_str)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one attempt hands back on success.
+enum Answer {
+    /// The whole body.
+    Body(Vec<u8>),
+    /// The open response, body unread (watch).
+    Stream(reqwest::Response),
+}
+
+/// A request to send, possibly several times.
+struct Call<'a> {
+    method: Method,
+    url: Url,
+    /// `METHOD /path` for logs and errors.
+    endpoint: String,
+    source_id: &'a str,
+    body: Option<Vec<u8>>,
+    stream: bool,
+}
+
+impl Transport {
+    /// A transport to the server at `base_url` (e.g. `https://sync.example.com`, or a URL
+    /// with a path prefix such as `https://example.com/api`) with the default
+    /// [`TransportConfig`]. Fails with [`TransportError::InvalidUrl`] unless `base_url` is an
+    /// absolute `http`/`https` URL with a host and without query or fragment.
+    ///
+    /// ```
+    /// use oversync_diesel::transport::{AuthError, Transport, TransportError, token_fn};
+    ///
+    /// let transport = Transport::new(
+    ///     "http://127.0.0.1:8080/",
+    ///     token_fn(|refresh| async move {
+    ///         // Return the signed-in user's token; sign in again when `refresh` is true.
+    ///         let _ = refresh;
+    ///         Ok::<_, AuthError>("token".to_string())
+    ///     }),
+    /// )
+    /// .expect("valid URL");
+    /// assert_eq!(transport.base_url(), "http://127.0.0.1:8080");
+    /// assert!(matches!(
+    ///     Transport::new("ftp://example.com", oversync_diesel::transport::StaticToken("t".into())),
+    ///     Err(TransportError::InvalidUrl(_))
+    /// ));
+    /// ```
+    pub fn new(base_url: &str, auth: impl TokenProvider) -> Result<Transport, TransportError> {
+        Self::with_config(base_url, auth, TransportConfig::default())
+    }
+
+    /// Like [`Transport::new`], with explicit timeouts and retry policy.
+    pub fn with_config(
+        base_url: &str,
+        auth: impl TokenProvider,
+        config: TransportConfig,
+    ) -> Result<Transport, TransportError> {
+        let invalid = |why: &str| TransportError::InvalidUrl(format!("{base_url:?}: {why}"));
+        let mut base = Url::parse(base_url.trim()).map_err(|e| invalid(&e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(invalid("the scheme must be http or https"));
+        }
+        if base.cannot_be_a_base() || base.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("a host is required"));
+        }
+        if base.query().is_some() || base.fragment().is_some() {
+            return Err(invalid("a query or fragment is not allowed"));
+        }
+        // Normalize the path prefix: no trailing slash.
+        let prefix = base.path().trim_end_matches('/').to_owned();
+        base.set_path(&prefix);
+        let base_str = base.as_str().trim_end_matches('/').to_owned();
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| TransportError::Network {
+                message: format!("building the HTTP client: {e}"),
+                timed_out: false,
+            })?;
+        Ok(Transport {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                base_str,
+                auth: Box::new(auth),
+                config,
+            }),
+        })
+    }
+
+    /// The server's base URL, normalized without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.inner.base_str
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &TransportConfig {
+        &self.inner.config
+    }
+
+    /// `GET /sync/capabilities`.
+    pub async fn capabilities(
+        &self,
+        source_id: &str,
+    ) -> Result<CapabilitiesResponse, TransportError> {
+        let url = self.url(&["sync", "capabilities"], &[]);
+        self.json(Method::GET, url, source_id, None::<&()>).await
+    }
+
+    /// `POST /sync/connect`.
+    pub async fn connect(
+        &self,
+        source_id: &str,
+        req: &ConnectRequest,
+    ) -> Result<ConnectResponse, TransportError> {
+        let url = self.url(&["sync", "connect"], &[]);
+        self.json(Method::POST, url, source_id, Some(req)).await
+    }
+
+    /// `POST /sync/push-sessions`: opens a staging session, or reports that this
+    /// `source_bundle_id` was already committed.
+    pub async fn create_push_session(
+        &self,
+        source_id: &str,
+        req: &PushSessionCreateRequest,
+    ) -> Result<PushSessionCreateResponse, TransportError> {
+        let url = self.url(&["sync", "push-sessions"], &[]);
+        self.json(Method::POST, url, source_id, Some(req)).await
+    }
+
+    /// `POST /sync/push-sessions/{push_id}/chunks`. Retried after a timeout like any call: a
+    /// duplicate is rejected by the server with a typed error (`push_chunk_out_of_order`).
+    pub async fn upload_push_chunk(
+        &self,
+        source_id: &str,
+        push_id: &str,
+        req: &PushSessionChunkRequest,
+    ) -> Result<PushSessionChunkResponse, TransportError> {
+        let id = session_id(push_id, "push_id")?;
+        let url = self.url(&["sync", "push-sessions", id, "chunks"], &[]);
+        self.json(Method::POST, url, source_id, Some(req)).await
+    }
+
+    /// `POST /sync/push-sessions/{push_id}/commit` (no request body).
+    pub async fn commit_push_session(
+        &self,
+        source_id: &str,
+        push_id: &str,
+    ) -> Result<PushSessionCommitResponse, TransportError> {
+        let id = session_id(push_id, "push_id")?;
+        let url = self.url(&["sync", "push-sessions", id, "commit"], &[]);
+        self.json(Method::POST, url, source_id, None::<&()>).await
+    }
+
+    /// `DELETE /sync/push-sessions/{push_id}` (`204`; any success status is accepted).
+    pub async fn delete_push_session(
+        &self,
+        source_id: &str,
+        push_id: &str,
+    ) -> Result<(), TransportError> {
+        let id = session_id(push_id, "push_id")?;
+        let url = self.url(&["sync", "push-sessions", id], &[]);
+        self.send(Method::DELETE, url, source_id, None)
+            .await
+            .map(drop)
+    }
+
+    /// `GET /sync/committed-bundles/{bundle_seq}/rows`: one page of a committed bundle's
+    /// rows. `after_row_ordinal` is the previous page's `next_row_ordinal` (`None` for the
+    /// first page); `max_rows` defaults to the server's page size.
+    pub async fn committed_bundle_rows(
+        &self,
+        source_id: &str,
+        bundle_seq: i64,
+        after_row_ordinal: Option<i64>,
+        max_rows: Option<u32>,
+    ) -> Result<CommittedBundleRowsResponse, TransportError> {
+        let seq = bundle_seq.to_string();
+        let mut query = Vec::new();
+        if let Some(after) = after_row_ordinal {
+            query.push(("after_row_ordinal", after.to_string()));
+        }
+        if let Some(max) = max_rows {
+            query.push(("max_rows", max.to_string()));
+        }
+        let url = self.url(&["sync", "committed-bundles", &seq, "rows"], &query);
+        self.json(Method::GET, url, source_id, None::<&()>).await
+    }
+
+    /// `GET /sync/pull?after_bundle_seq=N&max_bundles=M[&target_bundle_seq=S]`. Pass the
+    /// first page's `stable_bundle_seq` as `target_bundle_seq` on later pages.
+    pub async fn pull(
+        &self,
+        source_id: &str,
+        after_bundle_seq: i64,
+        max_bundles: u32,
+        target_bundle_seq: Option<i64>,
+    ) -> Result<PullResponse, TransportError> {
+        let mut query = vec![
+            ("after_bundle_seq", after_bundle_seq.to_string()),
+            ("max_bundles", max_bundles.to_string()),
+        ];
+        if let Some(target) = target_bundle_seq {
+            query.push(("target_bundle_seq", target.to_string()));
+        }
+        let url = self.url(&["sync", "pull"], &query);
+        self.json(Method::GET, url, source_id, None::<&()>).await
+    }
+
+    /// `POST /sync/snapshot-sessions` (with `source_replacement` for a rotated rebuild).
+    pub async fn create_snapshot_session(
+        &self,
+        source_id: &str,
+        req: &SnapshotSessionCreateRequest,
+    ) -> Result<SnapshotSession, TransportError> {
+        let url = self.url(&["sync", "snapshot-sessions"], &[]);
+        self.json(Method::POST, url, source_id, Some(req)).await
+    }
+
+    /// `GET /sync/snapshot-sessions/{snapshot_id}?after_row_ordinal=N&max_rows=M`: one page
+    /// of a snapshot (start with `after_row_ordinal = 0`, then the previous page's
+    /// `next_row_ordinal`).
+    pub async fn snapshot_chunk(
+        &self,
+        source_id: &str,
+        snapshot_id: &str,
+        after_row_ordinal: i64,
+        max_rows: u32,
+    ) -> Result<SnapshotChunkResponse, TransportError> {
+        let id = session_id(snapshot_id, "snapshot_id")?;
+        let query = [
+            ("after_row_ordinal", after_row_ordinal.to_string()),
+            ("max_rows", max_rows.to_string()),
+        ];
+        let url = self.url(&["sync", "snapshot-sessions", id], &query);
+        self.json(Method::GET, url, source_id, None::<&()>).await
+    }
+
+    /// `DELETE /sync/snapshot-sessions/{snapshot_id}` (`204`; any success status is accepted).
+    pub async fn delete_snapshot_session(
+        &self,
+        source_id: &str,
+        snapshot_id: &str,
+    ) -> Result<(), TransportError> {
+        let id = session_id(snapshot_id, "snapshot_id")?;
+        let url = self.url(&["sync", "snapshot-sessions", id], &[]);
+        self.send(Method::DELETE, url, source_id, None)
+            .await
+            .map(drop)
+    }
+
+    /// Opens `GET /sync/watch?after_bundle_seq=N`, a Server-Sent Events stream of wake-up
+    /// hints (use it only when capabilities advertise `bundle_change_watch`). Opening is
+    /// retried, refreshed and timed like any call; the open stream is read with
+    /// [`WatchStream::next`].
+    pub async fn watch(
+        &self,
+        source_id: &str,
+        after_bundle_seq: i64,
+    ) -> Result<WatchStream, TransportError> {
+        let url = self.url(
+            &["sync", "watch"],
+            &[("after_bundle_seq", after_bundle_seq.to_string())],
+        );
+        let call = Call {
+            method: Method::GET,
+            endpoint: watch::WATCH_ENDPOINT.to_owned(),
+            url,
+            source_id,
+            body: None,
+            stream: true,
+        };
+        match self.execute(call).await? {
+            Answer::Stream(response) => {
+                let content_type = response
+                    .headers()
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if !content_type
+                    .to_ascii_lowercase()
+                    .starts_with("text/event-stream")
+                {
+                    return Err(TransportError::Decode {
+                        endpoint: watch::WATCH_ENDPOINT.into(),
+                        message: format!("expected text/event-stream, got {content_type:?}"),
+                    });
+                }
+                let idle = (self.inner.config.request_timeout * 2).max(Duration::from_secs(60));
+                Ok(WatchStream::new(response, idle))
+            }
+            Answer::Body(_) => Err(TransportError::Decode {
+                endpoint: watch::WATCH_ENDPOINT.into(),
+                message: "no stream".into(),
+            }),
+        }
+    }
+
+    /// `base + /segments...` with each segment percent-encoded, plus the query.
+    fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Url {
+        let mut url = self.inner.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        if !query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (name, value) in query {
+                pairs.append_pair(name, value);
+            }
+        }
+        url
+    }
+
+    /// Sends a request and decodes the JSON answer as `T`.
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        source_id: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<T, TransportError> {
+        let endpoint = format!("{method} {}", url.path());
+        let body = match body {
+            Some(body) => Some(serde_json::to_vec(body).map_err(|e| {
+                TransportError::InvalidRequest(format!("encoding the {endpoint} body: {e}"))
+            })?),
+            None => None,
+        };
+        let bytes = self.send(method, url, source_id, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| TransportError::Decode {
+            message: format!("{e}; body starts {}", preview(&bytes, 200)),
+            endpoint,
+        })
+    }
+
+    /// Sends a request and returns the success body.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        source_id: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, TransportError> {
+        let call = Call {
+            endpoint: format!("{method} {}", url.path()),
+            method,
+            url,
+            source_id,
+            body,
+            stream: false,
+        };
+        match self.execute(call).await? {
+            Answer::Body(bytes) => Ok(bytes),
+            Answer::Stream(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// The retry loop: token, attempt, then refresh on the first 401 and back off on
+    /// retryable failures.
+    async fn execute(&self, call: Call<'_>) -> Result<Answer, TransportError> {
+        let inner = &self.inner;
+        let source = HeaderValue::from_str(call.source_id)
+            .ok()
+            .filter(|_| !call.source_id.is_empty())
+            .ok_or_else(|| {
+                TransportError::InvalidRequest(format!(
+                    "source id {:?} is not a valid header value",
+                    call.source_id
+                ))
+            })?;
+        let mut retries = 0u32;
+        let mut refreshed = false;
+        let mut refresh_now = false;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let span = tracing::debug_span!(
+                "oversync_request",
+                method = %call.method,
+                path = %call.url.path(),
+                attempt,
+            );
+            let outcome = async {
+                let token = inner.auth.token(refresh_now).await?;
+                let mut authorization =
+                    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                        TransportError::InvalidRequest(
+                            "the token is not a valid header value".into(),
+                        )
+                    })?;
+                authorization.set_sensitive(true);
+                let result = self.attempt(&call, authorization, source.clone()).await;
+                match &result {
+                    Ok(_) => tracing::debug!("succeeded"),
+                    Err(e) => tracing::debug!(status = e.status(), error = %e, "failed"),
+                }
+                result
+            }
+            .instrument(span)
+            .await;
+            refresh_now = false;
+            match outcome {
+                Err(TransportError::Server {
+                    status: 401,
+                    message,
+                    ..
+                }) => {
+                    if refreshed {
+                        return Err(TransportError::Unauthorized { message });
+                    }
+                    tracing::debug!(endpoint = %call.endpoint, "401: refreshing the token and retrying once");
+                    refreshed = true;
+                    refresh_now = true;
+                }
+                Err(e) if e.is_retryable() && retries < inner.config.max_retries => {
+                    retries += 1;
+                    let delay = retry::backoff(&inner.config, retries);
+                    tracing::warn!(
+                        endpoint = %call.endpoint,
+                        attempt,
+                        retry = retries,
+                        ?delay,
+                        error = %e,
+                        "oversync request failed; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt, bounded by the request timeout.
+    async fn attempt(
+        &self,
+        call: &Call<'_>,
+        authorization: HeaderValue,
+        source: HeaderValue,
+    ) -> Result<Answer, TransportError> {
+        let timeout = self.inner.config.request_timeout;
+        let deadline = Instant::now() + timeout;
+        let timed_out = || TransportError::Network {
+            message: format!("{} timed out after {timeout:?}", call.endpoint),
+            timed_out: true,
+        };
+        let mut request = self
+            .inner
+            .http
+            .request(call.method.clone(), call.url.clone())
+            .header(AUTHORIZATION, authorization)
+            .header(SOURCE_ID_HEADER, source);
+        if call.stream {
+            request = request.header(ACCEPT, "text/event-stream");
+        } else {
+            request = request.timeout(timeout).header(ACCEPT, "application/json");
+        }
+        if let Some(body) = &call.body {
+            request = request
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+        let response = tokio::time::timeout_at(deadline, request.send())
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| network(&call.endpoint, "sending", &e))?;
+        let status = response.status();
+        tracing::debug!(status = status.as_u16(), "answer");
+        if !status.is_success() {
+            let (bytes, _) = tokio::time::timeout_at(deadline, read_body(response, MAX_ERROR_BODY))
+                .await
+                .unwrap_or_default();
+            return Err(server_error(status.as_u16(), &bytes));
+        }
+        if call.stream {
+            return Ok(Answer::Stream(response));
+        }
+        match tokio::time::timeout_at(deadline, read_body(response, usize::MAX)).await {
+            Err(_) => Err(timed_out()),
+            Ok((_, Some(e))) => Err(network(&call.endpoint, "reading the answer of", &e)),
+            Ok((bytes, None)) => Ok(Answer::Body(bytes)),
+        }
+    }
+}
+
+/// Reads up to `limit` bytes of a body; returns what was read and the error that cut it short.
+async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> (Vec<u8>, Option<reqwest::Error>) {
+    let capacity = response
+        .content_length()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0)
+        .min(limit)
+        .min(16 * 1024 * 1024);
+    let mut bytes = Vec::with_capacity(capacity);
+    while bytes.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit - bytes.len();
+                bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) => break,
+            Err(e) => return (bytes, Some(e)),
+        }
+    }
+    (bytes, None)
+}
+
+/// Maps a non-success answer: JSON `{"error","message"}` when possible, else the text.
+fn server_error(status: u16, bytes: &[u8]) -> TransportError {
+    let body = serde_json::from_slice::<serde_json::Value>(bytes).ok();
+    let field = |name: &str| {
+        body.as_ref()
+            .and_then(|b| b.get(name))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    let code = field("error").unwrap_or_default();
+    let message = field("message")
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| preview(bytes, MAX_ERROR_MESSAGE));
+    TransportError::Server {
+        status,
+        code,
+        message,
+        body,
+    }
+}
+
+fn network(endpoint: &str, doing: &str, e: &reqwest::Error) -> TransportError {
+    use std::error::Error as _;
+    let mut message = format!("{doing} {endpoint}: {e}");
+    let mut source = e.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    TransportError::Network {
+        message,
+        timed_out: e.is_timeout(),
+    }
+}
+
+/// The first `max_chars` characters of `bytes` as text, trimmed.
+pub(crate) fn preview(bytes: &[u8], max_chars: usize) -> String {
+    let head = &bytes[..bytes.len().min(max_chars.saturating_mul(4))];
+    let text = String::from_utf8_lossy(head);
+    text.trim().chars().take(max_chars).collect()
+}
+
+/// Checks a server-issued session id used as a path segment.
+fn session_id<'a>(id: &'a str, what: &str) -> Result<&'a str, TransportError> {
+    if id.is_empty() || id == "." || id == ".." {
+        return Err(TransportError::InvalidRequest(format!(
+            "{what} {id:?} cannot be used in a URL"
+        )));
+    }
+    Ok(id)
+}
