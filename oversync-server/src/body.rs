@@ -2,8 +2,9 @@
 
 use crate::error::SyncError;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use oversync_protocol::codes;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -42,6 +43,23 @@ pub(crate) fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Strin
         return Err("request body must be a JSON object".into());
     }
     serde_json::from_value(value).map_err(|e| format!("invalid request body: {e}"))
+}
+
+/// The single path parameter of a route. One that does not decode (invalid UTF-8 after
+/// percent-decoding) comes out empty, so the handler answers with its own OpenAPI error
+/// (not found / invalid) instead of axum's plain-text rejection.
+pub(crate) struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let value = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| v)
+            .unwrap_or_default();
+        Ok(PathParam(value))
+    }
 }
 
 /// Parsed query string.

@@ -2,13 +2,13 @@
 
 use crate::SyncService;
 use crate::auth::Actor;
-use crate::body::QueryParams;
+use crate::body::{PathParam, QueryParams};
 use crate::bootstrap::Registry;
 use crate::capture::op_from_code;
 use crate::error::SyncError;
 use crate::retention::{enforce_floor, record_history_pruned};
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use oversync_protocol::{BundleRow, CommittedBundleRowsResponse, codes, sync_key};
 use std::sync::Arc;
 use tokio_postgres::Row;
@@ -139,7 +139,7 @@ impl SyncService {
 pub(crate) async fn rows(
     State(service): State<Arc<SyncService>>,
     actor: Actor,
-    Path(bundle_seq): Path<String>,
+    PathParam(bundle_seq): PathParam,
     RawQuery(query): RawQuery,
 ) -> Result<Json<CommittedBundleRowsResponse>, SyncError> {
     let code = codes::COMMITTED_BUNDLE_CHUNK_INVALID;

@@ -3,7 +3,7 @@
 
 use crate::SyncService;
 use crate::auth::Actor;
-use crate::body::JsonBody;
+use crate::body::{JsonBody, PathParam};
 use crate::bootstrap::{Registry, SCOPE_COLUMN, TableInfo, is_valid_identifier};
 use crate::capture::{CommittedBundle, finalize_bundle, op_code, op_from_code};
 use crate::error::SyncError;
@@ -11,7 +11,7 @@ use crate::payload::{db_payload_from_wire, normalize_key, wire_payload_text};
 use crate::scope::{self, INITIALIZED, INITIALIZING, UNINITIALIZED};
 use crate::sql::{is_data_error, quote_ident};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use deadpool_postgres::GenericClient;
 use oversync_protocol::{
@@ -775,7 +775,7 @@ pub(crate) async fn create(
 pub(crate) async fn upload_chunk(
     State(service): State<Arc<SyncService>>,
     actor: Actor,
-    Path(push_id): Path<String>,
+    PathParam(push_id): PathParam,
     JsonBody(req): JsonBody<PushSessionChunkRequest>,
 ) -> Result<Json<PushSessionChunkResponse>, SyncError> {
     Ok(Json(
@@ -786,7 +786,7 @@ pub(crate) async fn upload_chunk(
 pub(crate) async fn commit(
     State(service): State<Arc<SyncService>>,
     actor: Actor,
-    Path(push_id): Path<String>,
+    PathParam(push_id): PathParam,
 ) -> Result<Json<PushSessionCommitResponse>, SyncError> {
     Ok(Json(service.commit_push_session(&actor, &push_id).await?))
 }
@@ -794,7 +794,7 @@ pub(crate) async fn commit(
 pub(crate) async fn delete(
     State(service): State<Arc<SyncService>>,
     actor: Actor,
-    Path(push_id): Path<String>,
+    PathParam(push_id): PathParam,
 ) -> Result<StatusCode, SyncError> {
     service.delete_push_session(&actor, &push_id).await?;
     Ok(StatusCode::NO_CONTENT)

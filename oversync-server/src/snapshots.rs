@@ -3,14 +3,14 @@
 
 use crate::SyncService;
 use crate::auth::Actor;
-use crate::body::{QueryParams, read_body};
+use crate::body::{PathParam, QueryParams, read_body};
 use crate::bootstrap::SCOPE_COLUMN;
 use crate::error::SyncError;
 use crate::payload::wire_payload_text;
 use crate::scope::{require_initialized, rfc3339};
 use crate::sql::{quote_ident, quote_literal};
 use axum::Json;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::StatusCode;
 use deadpool_postgres::Transaction;
 use oversync_protocol::{
@@ -272,6 +272,11 @@ async fn replace_source(
     if new.len() > crate::auth::MAX_SOURCE_ID_LEN {
         return Err(invalid("new_source_id is too long"));
     }
+    // A source id travels in a header, which cannot carry control characters (and
+    // PostgreSQL text cannot hold NUL).
+    if new.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(invalid("new_source_id must not contain control characters"));
+    }
     if new == previous {
         return Err(invalid("new_source_id must differ from previous_source_id"));
     }
@@ -369,7 +374,7 @@ pub(crate) async fn create(
 pub(crate) async fn chunk(
     State(service): State<Arc<SyncService>>,
     actor: Actor,
-    Path(snapshot_id): Path<String>,
+    PathParam(snapshot_id): PathParam,
     RawQuery(query): RawQuery,
 ) -> Result<Json<SnapshotChunkResponse>, SyncError> {
     let code = codes::SNAPSHOT_CHUNK_INVALID;
@@ -386,7 +391,7 @@ pub(crate) async fn chunk(
 pub(crate) async fn delete(
     State(service): State<Arc<SyncService>>,
     actor: Actor,
-    Path(snapshot_id): Path<String>,
+    PathParam(snapshot_id): PathParam,
 ) -> Result<StatusCode, SyncError> {
     service
         .delete_snapshot_session(&actor, &snapshot_id)
