@@ -123,7 +123,8 @@ impl Transport {
         Self::with_config(base_url, auth, TransportConfig::default())
     }
 
-    /// Like [`Transport::new`], with explicit timeouts and retry policy.
+    /// Like [`Transport::new`], with explicit timeouts and retry policy. Redirects are not
+    /// followed: a `3xx` answer is a [`TransportError::Server`].
     pub fn with_config(
         base_url: &str,
         auth: impl TokenProvider,
