@@ -14,6 +14,19 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Map, Value};
 
+/// Per table, the BLOB columns that hold UUIDs besides the key: foreign keys to UUID keys
+/// (found by `open()` in SQLite's foreign-key list). They travel as UUID text, like keys.
+pub(crate) type UuidRefs =
+    std::collections::HashMap<&'static str, std::collections::HashSet<String>>;
+
+/// Whether column `name` of `spec` travels as UUID text rather than base64.
+pub(crate) fn is_uuid_column(spec: &TableSpec, refs: &UuidRefs, name: &str) -> bool {
+    (name.eq_ignore_ascii_case(spec.key_column) && spec.key_kind == KeyKind::Blob)
+        || refs
+            .get(spec.table_name)
+            .is_some_and(|cols| cols.contains(&name.to_lowercase()))
+}
+
 pub(crate) fn invalid(what: impl Into<String>) -> Error {
     Error::InvalidResponse(what.into())
 }
@@ -102,7 +115,11 @@ pub(crate) fn local_key_value(spec: &TableSpec, key_json: &str) -> Result<String
 }
 
 /// Captured payload -> wire payload (hex BLOBs to base64, BLOB key to UUID text).
-pub(crate) fn payload_local_to_wire(spec: &TableSpec, local: &str) -> Result<Map<String, Value>> {
+pub(crate) fn payload_local_to_wire(
+    spec: &TableSpec,
+    refs: &UuidRefs,
+    local: &str,
+) -> Result<Map<String, Value>> {
     let mut map: Map<String, Value> = serde_json::from_str(local).map_err(|e| {
         Error::InvalidState(format!(
             "{}: captured payload is not JSON: {e}",
@@ -120,10 +137,13 @@ pub(crate) fn payload_local_to_wire(spec: &TableSpec, local: &str) -> Result<Map
                 spec.table_name, col.name
             ))
         })?;
-        let wire = if col.name.eq_ignore_ascii_case(spec.key_column) {
+        let wire = if is_uuid_column(spec, refs, col.name) {
             uuid::Uuid::from_slice(&bytes)
                 .map_err(|_| {
-                    Error::InvalidState(format!("{}: BLOB key is not 16 bytes", spec.table_name))
+                    Error::InvalidState(format!(
+                        "{}.{}: UUID BLOB is not 16 bytes",
+                        spec.table_name, col.name
+                    ))
                 })?
                 .hyphenated()
                 .to_string()
@@ -139,9 +159,10 @@ pub(crate) fn payload_local_to_wire(spec: &TableSpec, local: &str) -> Result<Map
 /// would have captured it. Used to compare server rows with local ones.
 pub(crate) fn payload_wire_to_local(
     spec: &TableSpec,
+    refs: &UuidRefs,
     wire: &Map<String, Value>,
 ) -> Result<Map<String, Value>> {
-    let values = sql_values(spec, wire)?;
+    let values = sql_values(spec, refs, wire)?;
     let mut out = Map::new();
     for (col, value) in spec.columns.iter().zip(values) {
         let json = match value {
@@ -168,7 +189,11 @@ pub(crate) enum SqlValue {
 
 /// Wire payload -> one SQL value per model column, in model order. Every model column must
 /// be present; columns the model does not know are ignored (the server may have more).
-pub(crate) fn sql_values(spec: &TableSpec, wire: &Map<String, Value>) -> Result<Vec<SqlValue>> {
+pub(crate) fn sql_values(
+    spec: &TableSpec,
+    refs: &UuidRefs,
+    wire: &Map<String, Value>,
+) -> Result<Vec<SqlValue>> {
     let mut out = Vec::with_capacity(spec.columns.len());
     for col in spec.columns {
         let name = col.name.to_lowercase();
@@ -201,6 +226,19 @@ pub(crate) fn sql_values(spec: &TableSpec, wire: &Map<String, Value>) -> Result<
                     "{}: payload key is not a string",
                     spec.table_name
                 )));
+            }
+            Value::String(s) if col.is_blob && is_uuid_column(spec, refs, col.name) => {
+                SqlValue::Blob(
+                    parse_uuid(s)
+                        .ok_or_else(|| {
+                            invalid(format!(
+                                "{}.{}: {s:?} is not a canonical UUID",
+                                spec.table_name, col.name
+                            ))
+                        })?
+                        .as_bytes()
+                        .to_vec(),
+                )
             }
             Value::String(s) if col.is_blob => SqlValue::Blob(BASE64.decode(s).map_err(|_| {
                 invalid(format!(
@@ -274,10 +312,10 @@ mod tests {
     #[test]
     fn blob_rows_round_trip_between_local_and_wire() {
         let local = r#"{"id":"0123456789abcdef0123456789abcdef","name":"a","data":"00ff"}"#;
-        let wire = payload_local_to_wire(&SPEC, local).unwrap();
+        let wire = payload_local_to_wire(&SPEC, &UuidRefs::new(), local).unwrap();
         assert_eq!(wire["id"], "01234567-89ab-cdef-0123-456789abcdef");
         assert_eq!(wire["data"], "AP8=");
-        let back = payload_wire_to_local(&SPEC, &wire).unwrap();
+        let back = payload_wire_to_local(&SPEC, &UuidRefs::new(), &wire).unwrap();
         assert_eq!(
             Value::Object(back),
             serde_json::from_str::<Value>(local).unwrap()
@@ -321,7 +359,7 @@ mod tests {
             serde_json::from_str(r#"{"id":"01234567-89ab-cdef-0123-456789abcdef","name":"a"}"#)
                 .unwrap();
         assert!(matches!(
-            sql_values(&SPEC, &missing),
+            sql_values(&SPEC, &UuidRefs::new(), &missing),
             Err(Error::InvalidResponse(_))
         ));
         let bad_b64: Map<String, Value> = serde_json::from_str(
@@ -329,13 +367,16 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            sql_values(&SPEC, &bad_b64),
+            sql_values(&SPEC, &UuidRefs::new(), &bad_b64),
             Err(Error::InvalidResponse(_))
         ));
         let extra: Map<String, Value> = serde_json::from_str(
             r#"{"id":"01234567-89ab-cdef-0123-456789abcdef","name":"a","data":null,"new_col":1}"#,
         )
         .unwrap();
-        assert_eq!(sql_values(&SPEC, &extra).unwrap()[2], SqlValue::Null);
+        assert_eq!(
+            sql_values(&SPEC, &UuidRefs::new(), &extra).unwrap()[2],
+            SqlValue::Null
+        );
     }
 }

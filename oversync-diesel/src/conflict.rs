@@ -33,7 +33,7 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::table::{KeyKind, TableSpec};
+use crate::table::TableSpec;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use oversync_protocol::Op;
@@ -43,6 +43,7 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone)]
 pub struct Conflict {
     pub(crate) spec: &'static TableSpec,
+    pub(crate) refs: crate::codec::UuidRefs,
     /// Table name.
     pub table: String,
     /// Row key (canonical UUID string).
@@ -66,7 +67,7 @@ impl Conflict {
     pub fn local_as<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>> {
         self.local_row
             .as_ref()
-            .map(|row| decode_model(self.spec, row))
+            .map(|row| decode_model(self.spec, &self.refs, row))
             .transpose()
     }
 
@@ -74,7 +75,7 @@ impl Conflict {
     pub fn server_as<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>> {
         self.server_row
             .as_ref()
-            .map(|row| decode_model(self.spec, row))
+            .map(|row| decode_model(self.spec, &self.refs, row))
             .transpose()
     }
 }
@@ -143,13 +144,14 @@ impl ConflictResolver for ClientWins {
 /// Wire row -> model JSON (BLOBs as byte arrays) -> `T`.
 fn decode_model<T: serde::de::DeserializeOwned>(
     spec: &TableSpec,
+    refs: &crate::codec::UuidRefs,
     row: &Map<String, Value>,
 ) -> Result<T> {
     let mut model = row.clone();
     for col in spec.columns.iter().filter(|c| c.is_blob) {
         let name = col.name.to_lowercase();
         if let Some(Value::String(s)) = model.get(&name) {
-            let bytes = if col.name.eq_ignore_ascii_case(spec.key_column) {
+            let bytes = if crate::codec::is_uuid_column(spec, refs, col.name) {
                 uuid::Uuid::try_parse(s).map(|u| u.as_bytes().to_vec()).ok()
             } else {
                 BASE64.decode(s).ok()
@@ -173,6 +175,7 @@ fn decode_model<T: serde::de::DeserializeOwned>(
 /// A merged row -> wire form, checked: every column present, the key unchanged.
 pub(crate) fn merged_to_wire(
     spec: &TableSpec,
+    refs: &crate::codec::UuidRefs,
     key: &str,
     merged: &Map<String, Value>,
 ) -> Result<Map<String, Value>> {
@@ -196,10 +199,10 @@ pub(crate) fn merged_to_wire(
                     .collect();
                 let bytes =
                     bytes.ok_or_else(|| fail(format!("{} is not a byte array", col.name)))?;
-                if is_key && spec.key_kind == KeyKind::Blob {
+                if crate::codec::is_uuid_column(spec, refs, col.name) {
                     Value::String(
                         uuid::Uuid::from_slice(&bytes)
-                            .map_err(|_| fail("the key is not 16 bytes".into()))?
+                            .map_err(|_| fail(format!("{} is not 16 bytes", col.name)))?
                             .hyphenated()
                             .to_string(),
                     )
@@ -215,6 +218,6 @@ pub(crate) fn merged_to_wire(
         wire.insert(name, value);
     }
     // The same checks the engine applies to server rows: types must be storable.
-    crate::codec::sql_values(spec, &wire).map_err(|e| fail(e.to_string()))?;
+    crate::codec::sql_values(spec, refs, &wire).map_err(|e| fail(e.to_string()))?;
     Ok(wire)
 }

@@ -63,6 +63,7 @@ pub(crate) struct Runtime {
     pub resolver: Arc<dyn ConflictResolver>,
     pub events: broadcast::Sender<SyncEvent>,
     pub limits: Option<BundleCapabilitiesLimits>,
+    pub uuid_refs: crate::codec::UuidRefs,
 }
 
 impl OversyncConnection {
@@ -91,6 +92,7 @@ impl OversyncConnection {
                 resolver: Arc::new(ServerWins),
                 events: broadcast::channel(1024).0,
                 limits: None,
+                uuid_refs: Default::default(),
             },
         })
     }

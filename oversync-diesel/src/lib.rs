@@ -41,3 +41,6 @@ pub use push::PushOutcome;
 pub use snapshot::RebuildReport;
 pub use status::{Binding, PendingSyncStatus, SourceInfo, SyncStatus};
 pub use table::{ColumnSpec, KeyKind, SyncTable, TableSpec, TriggerSpec};
+pub use transport::{
+    StaticToken, TokenProvider, Transport, TransportConfig, TransportError, token_fn,
+};

@@ -26,7 +26,7 @@ impl Oversync<'_> {
     /// Fails with a [`SchemaError`](crate::SchemaError) naming the table and column when the
     /// database does not match; in that case no `_sync_*` state is changed.
     pub fn open(&mut self) -> Result<OpenReport> {
-        validate(self.conn, self.config)?;
+        let uuid_refs = validate(self.conn, self.config)?;
         let schema = self.config.schema().to_string();
         let report = self.conn.immediate_transaction(|conn| -> Result<OpenReport> {
             let attachment = state::attachment_state(conn)?;
@@ -57,6 +57,7 @@ impl Oversync<'_> {
             })
         })?;
         self.rt.opened = true;
+        self.rt.uuid_refs = uuid_refs;
         tracing::debug!(source_id = %report.source_id, created = report.created_source, "oversync opened");
         Ok(report)
     }
@@ -235,7 +236,8 @@ impl Oversync<'_> {
 
     /// Detaches the user: clears the synced tables and sync state and returns to anonymous.
     /// Refuses with [`Error::UnsyncedData`] ("blocked: unsynced data") while local changes
-    /// have not reached the server.
+    /// have not reached the server. The install gets a fresh source id: servers sequence
+    /// bundles per (user, source), so the next user starts a new sequence.
     pub fn detach(&mut self) -> Result<()> {
         self.ensure_open()?;
         let pending_rows = state::pending_row_count(self.conn)?;
@@ -243,7 +245,16 @@ impl Oversync<'_> {
             return Err(Error::UnsyncedData { pending_rows });
         }
         let config = self.config;
+        let new_source = uuid::Uuid::new_v4().to_string();
         crate::apply::in_apply_transaction(self.conn, |conn| {
+            diesel::sql_query("INSERT INTO _sync_source_state(source_id) VALUES (?)")
+                .bind::<Text, _>(&new_source)
+                .execute(conn)?;
+            diesel::sql_query(
+                "UPDATE _sync_attachment_state SET current_source_id = ? WHERE singleton_key = 1",
+            )
+            .bind::<Text, _>(&new_source)
+            .execute(conn)?;
             for spec in config.tables() {
                 conn.batch_execute(&format!(
                     "DELETE FROM \"{}\"",

@@ -93,6 +93,7 @@ impl Oversync<'_> {
                 for row in &bundle.rows {
                     effects.push(effect_from_wire(
                         config,
+                        &self.rt.uuid_refs,
                         &row.schema,
                         &row.table,
                         &row.key,

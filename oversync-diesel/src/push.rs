@@ -233,7 +233,11 @@ impl Oversync<'_> {
             let wire_key = codec::key_local_to_wire(spec, &local_key)?;
             let payload = match (op, row.local_payload) {
                 (Op::Delete, _) => None,
-                (_, Some(p)) => Some(Value::Object(codec::payload_local_to_wire(spec, &p)?)),
+                (_, Some(p)) => Some(Value::Object(codec::payload_local_to_wire(
+                    spec,
+                    &self.rt.uuid_refs,
+                    &p,
+                )?)),
                 (_, None) => {
                     return Err(Error::InvalidState(format!(
                         "{} {local_key}: write without payload",
@@ -465,6 +469,7 @@ impl Oversync<'_> {
     /// Applies the staged committed bundle and retires the outbox, in one transaction.
     fn replay(&mut self, outbox: &state::OutboxBundle, bundle_seq: i64) -> Result<()> {
         let config = self.config;
+        let refs = &self.rt.uuid_refs;
         let changed = in_apply_transaction(self.conn, |conn| {
             let keep_local = state::dirty_keys(conn)?;
             let mut changed = std::collections::HashSet::new();
@@ -495,6 +500,7 @@ impl Oversync<'_> {
                         Op::parse(&row.op).ok_or_else(|| invalid(format!("op {:?}", row.op)))?;
                     effects.push(effect_from_wire(
                         config,
+                        refs,
                         &row.schema_name,
                         &row.table_name,
                         &key,
@@ -566,7 +572,7 @@ impl Oversync<'_> {
             (_, true) | (None, _) | (Some(Value::Null), _) => None,
             (Some(Value::Object(row)), false) => {
                 codec::check_payload_key(spec, &wire_key, row)?;
-                codec::sql_values(spec, row)?;
+                codec::sql_values(spec, &self.rt.uuid_refs, row)?;
                 Some(row.clone())
             }
             (Some(_), false) => return Err(invalid("conflict server_row is not an object")),
@@ -574,15 +580,17 @@ impl Oversync<'_> {
         if !details.server_row_deleted && server_row.is_none() {
             return Err(invalid("conflict without server_row for a live row"));
         }
+        let refs = self.rt.uuid_refs.clone();
         let conflict = Conflict {
             spec,
+            refs: refs.clone(),
             table: spec.table_name.to_string(),
             key: wire_key.clone(),
             local_op,
             local_row: outbox_row
                 .local_payload
                 .as_deref()
-                .map(|p| codec::payload_local_to_wire(spec, p))
+                .map(|p| codec::payload_local_to_wire(spec, &refs, p))
                 .transpose()?,
             base_row_version: details.base_row_version,
             server_row_version: details.server_row_version,
@@ -591,7 +599,7 @@ impl Oversync<'_> {
         };
         let resolution = self.rt.resolver.resolve(&conflict);
         let merged = match &resolution {
-            Resolution::Merged(row) => Some(merged_to_wire(spec, &wire_key, row)?),
+            Resolution::Merged(row) => Some(merged_to_wire(spec, &refs, &wire_key, row)?),
             _ => None,
         };
         let server_version = details.server_row_version;
@@ -644,7 +652,7 @@ impl Oversync<'_> {
                     row_version: server_version,
                     values: values
                         .as_ref()
-                        .map(|row| codec::sql_values(spec, row))
+                        .map(|row| codec::sql_values(spec, &refs, row))
                         .transpose()?,
                 };
                 let keep = if keep_local {
@@ -675,7 +683,7 @@ impl Oversync<'_> {
             match push {
                 Some((op, payload)) => {
                     let local_payload = payload
-                        .map(|p| codec::payload_wire_to_local(spec, &p))
+                        .map(|p| codec::payload_wire_to_local(spec, &refs, &p))
                         .transpose()?
                         .map(|m| Value::Object(m).to_string());
                     diesel::sql_query("UPDATE _sync_outbox_rows SET op = ?, base_row_version = ?, local_payload = ? WHERE row_ordinal = ?")
@@ -723,8 +731,10 @@ fn key_text(key: &Map<String, Value>) -> String {
 }
 
 /// Validates one authoritative row from the server and decodes it.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn effect_from_wire(
     config: &crate::OversyncConfig,
+    refs: &codec::UuidRefs,
     schema: &str,
     table: &str,
     key: &Map<String, Value>,
@@ -749,7 +759,7 @@ pub(crate) fn effect_from_wire(
         (Op::Delete, _) => None,
         (_, Some(Value::Object(row))) => {
             codec::check_payload_key(spec, &key_text(key), row)?;
-            Some(codec::sql_values(spec, row)?)
+            Some(codec::sql_values(spec, refs, row)?)
         }
         _ => return Err(invalid(format!("{table}: {op} without an object payload"))),
     };

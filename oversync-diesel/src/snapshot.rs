@@ -95,6 +95,7 @@ impl Oversync<'_> {
             for row in &chunk.rows {
                 effect_from_wire(
                     self.config,
+                    &self.rt.uuid_refs,
                     &row.schema,
                     &row.table,
                     &row.key,
@@ -144,6 +145,7 @@ impl Oversync<'_> {
             )));
         }
         let config = self.config;
+        let refs = &self.rt.uuid_refs;
         let snapshot_id = session.snapshot_id.clone();
         let seq = session.snapshot_bundle_seq;
         let changed = in_apply_transaction(self.conn, |conn| {
@@ -175,6 +177,7 @@ impl Oversync<'_> {
                         .map_err(|e| invalid(format!("staged payload: {e}")))?;
                     effects.push(effect_from_wire(
                         config,
+                        refs,
                         &row.schema_name,
                         &row.table_name,
                         &key,

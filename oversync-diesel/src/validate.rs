@@ -1,6 +1,7 @@
 //! Read-only checks `open()` makes before it changes anything: the database must match the
 //! registered models and the sync migrations must be installed.
 
+use crate::codec::UuidRefs;
 use crate::config::OversyncConfig;
 use crate::error::{Error, SchemaError};
 use crate::table::{KeyKind, TableSpec};
@@ -63,7 +64,11 @@ fn object_sql(
 }
 
 /// Checks everything; returns the first problem found, table by table in config order.
-pub(crate) fn validate(conn: &mut SqliteConnection, config: &OversyncConfig) -> Result<(), Error> {
+/// On success returns the BLOB foreign-key columns, which hold UUIDs.
+pub(crate) fn validate(
+    conn: &mut SqliteConnection,
+    config: &OversyncConfig,
+) -> Result<UuidRefs, Error> {
     for table in METADATA_TABLES {
         if object_sql(conn, "table", table)?.is_none() {
             return Err(SchemaError::MetadataMissing {
@@ -72,8 +77,12 @@ pub(crate) fn validate(conn: &mut SqliteConnection, config: &OversyncConfig) -> 
             .into());
         }
     }
+    let mut refs = UuidRefs::new();
     for spec in config.tables() {
-        validate_table(conn, config, spec)?;
+        let blob_fks = validate_table(conn, config, spec)?;
+        if !blob_fks.is_empty() {
+            refs.insert(spec.table_name, blob_fks);
+        }
     }
     let stored = crate::state::attachment_state(conn)?.schema_name;
     if !stored.is_empty() && stored != config.schema() {
@@ -83,14 +92,14 @@ pub(crate) fn validate(conn: &mut SqliteConnection, config: &OversyncConfig) -> 
         }
         .into());
     }
-    Ok(())
+    Ok(refs)
 }
 
 fn validate_table(
     conn: &mut SqliteConnection,
     config: &OversyncConfig,
     spec: &TableSpec,
-) -> Result<(), Error> {
+) -> Result<std::collections::HashSet<String>, Error> {
     let table = spec.table_name.to_string();
     if object_sql(conn, "table", spec.table_name)?.is_none() {
         return Err(SchemaError::TableMissing { table }.into());
@@ -170,7 +179,11 @@ fn validate_table(
     )
     .bind::<Text, _>(spec.table_name)
     .load(conn)?;
+    let mut blob_fks = std::collections::HashSet::new();
     for fk in foreign_keys {
+        if spec.column(&fk.from_column).is_some_and(|c| c.is_blob) {
+            blob_fks.insert(fk.from_column.to_lowercase());
+        }
         if config.table_named(&fk.to_table).is_none() {
             return Err(SchemaError::ForeignKeyOutsideManagedSet {
                 table,
@@ -211,7 +224,7 @@ fn validate_table(
             }
         }
     }
-    Ok(())
+    Ok(blob_fks)
 }
 
 fn normalize_sql(sql: &str) -> String {
