@@ -50,10 +50,10 @@ pub fn parse_struct_attrs(attrs: &[Attribute]) -> syn::Result<StructAttrs> {
     for attr in attrs {
         if attr.path().is_ident("diesel") {
             for meta in attr.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)? {
-                if let Meta::NameValue(nv) = &meta {
-                    if nv.path.is_ident("table_name") {
-                        out.table_name = Some(name_from_expr(&nv.value)?);
-                    }
+                if let Meta::NameValue(nv) = &meta
+                    && nv.path.is_ident("table_name")
+                {
+                    out.table_name = Some(name_from_expr(&nv.value)?);
                 }
             }
         } else if attr.path().is_ident("sync") {

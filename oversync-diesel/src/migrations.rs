@@ -96,12 +96,15 @@ fn write(path: &Path, contents: &str) -> Result<()> {
     fs::write(path, contents).map_err(io_err(path))
 }
 
+/// Tables whose generated migration is missing or stale, with the previous up.sql if any.
+type StaleTables = Vec<(&'static TableSpec, Option<String>)>;
+
+/// The metadata migration is missing; these tables need a new trigger migration.
+type Plan = (bool, StaleTables);
+
 /// What needs (re)writing: the metadata migration when absent, and each table whose newest
 /// generated migration does not install exactly its current triggers.
-fn plan(
-    dir: &Path,
-    tables: &[&'static TableSpec],
-) -> Result<(bool, Vec<(&'static TableSpec, Option<String>)>)> {
+fn plan(dir: &Path, tables: &[&'static TableSpec]) -> Result<Plan> {
     let needs_metadata = !dir.join(METADATA_MIGRATION_NAME).join("up.sql").exists();
     let mut stale = Vec::new();
     for spec in tables {

@@ -52,6 +52,13 @@ pub enum PushOutcome {
     },
 }
 
+/// A row as a JSON object (wire form unless said otherwise).
+type Row = Map<String, Value>;
+/// A local row to write (`None` deletes it).
+type LocalRow = Option<Row>;
+/// An outbox row's new op and payload.
+type PushIntent = (Op, Option<Row>);
+
 /// Automatic retries of one push after resolving conflicts.
 const MAX_CONFLICT_RETRIES: u32 = 2;
 /// Rows per committed-bundle page and default push chunk.
@@ -609,10 +616,8 @@ impl Oversync<'_> {
         let resolution_name = resolution.name();
         in_apply_transaction(self.conn, |conn| {
             // What the local table should now hold, and what (if anything) is still pushed.
-            let (local_values, push): (
-                Option<Option<Map<String, Value>>>,
-                Option<(Op, Option<Map<String, Value>>)>,
-            ) = match resolution {
+            // (what the local table should hold, what is still pushed)
+            let (local_values, push): (Option<LocalRow>, Option<PushIntent>) = match resolution {
                 Resolution::AcceptServer => (Some(server_row.clone()), None),
                 Resolution::KeepLocal => match local_op {
                     Op::Delete if server_deleted => (None, None),
