@@ -119,14 +119,13 @@ pub fn transport_for(base_url: &str, user: &str) -> Transport {
     let provider = token_fn(move |refresh| {
         let (cache, base, user) = (cache.clone(), base.clone(), user_name.clone());
         async move {
-            if !refresh {
-                if let Some(token) = cache
+            if !refresh
+                && let Some(token) = cache
                     .lock()
                     .map_err(|_| AuthError("token cache poisoned".into()))?
                     .clone()
-                {
-                    return Ok(token);
-                }
+            {
+                return Ok(token);
             }
             let token = sign_in(&base, &user).await?;
             *cache
