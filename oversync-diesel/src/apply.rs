@@ -65,6 +65,24 @@ pub(crate) fn apply_effects(
     effects: Vec<RowEffect>,
     keep_local: &HashSet<(String, String)>,
 ) -> Result<HashSet<&'static str>> {
+    apply_inner(conn, effects, keep_local, true)
+}
+
+/// Writes rows into the app's tables only, leaving `_sync_row_state` alone: used to put
+/// local intent back on top of a snapshot.
+pub(crate) fn write_local_rows(
+    conn: &mut SqliteConnection,
+    effects: Vec<RowEffect>,
+) -> Result<HashSet<&'static str>> {
+    apply_inner(conn, effects, &HashSet::new(), false)
+}
+
+fn apply_inner(
+    conn: &mut SqliteConnection,
+    effects: Vec<RowEffect>,
+    keep_local: &HashSet<(String, String)>,
+    record_state: bool,
+) -> Result<HashSet<&'static str>> {
     conn.batch_execute("PRAGMA defer_foreign_keys = ON")?;
     let mut changed = HashSet::new();
     let mut batch = Batch::default();
@@ -81,12 +99,14 @@ pub(crate) fn apply_effects(
         }
         let local =
             keep_local.contains(&(effect.spec.table_name.to_string(), effect.key_json.clone()));
-        batch.row_states.push((
-            effect.spec.table_name,
-            effect.key_json.clone(),
-            effect.row_version,
-            effect.values.is_none(),
-        ));
+        if record_state {
+            batch.row_states.push((
+                effect.spec.table_name,
+                effect.key_json.clone(),
+                effect.row_version,
+                effect.values.is_none(),
+            ));
+        }
         if !local {
             match effect.values {
                 Some(values) => batch

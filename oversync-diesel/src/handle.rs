@@ -37,3 +37,11 @@ impl Oversync<'_> {
         let _ = self.rt.events.send(event);
     }
 }
+
+/// Rows per page to ask for: the server's default (bounded memory), within its maximum and
+/// the protocol's 5000; 1000 when the server does not say.
+pub(crate) fn page_rows(default: Option<i64>, max: Option<i64>) -> u32 {
+    let default = default.filter(|n| *n > 0).unwrap_or(1000);
+    let max = max.filter(|n| *n > 0).unwrap_or(5000);
+    default.min(max).clamp(1, 5000) as u32
+}

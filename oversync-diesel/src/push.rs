@@ -138,7 +138,16 @@ impl Oversync<'_> {
                     }
                 }
             };
-            self.fetch_committed(bundle_seq, &bundle_hash).await?;
+            if !self.fetch_committed(bundle_seq, &bundle_hash).await? {
+                // Our bundle is below the retained floor: the snapshot contains it.
+                self.rebuild_keep_source().await?;
+                in_apply_transaction(self.conn, |conn| retire_outbox(conn, &outbox, bundle_seq))?;
+                return Ok(PushOutcome::Pushed {
+                    bundle_seq,
+                    rows_pushed: outbox.row_count.max(0) as u64,
+                    conflicts_resolved,
+                });
+            }
             self.replay(&outbox, bundle_seq)?;
             return Ok(PushOutcome::Pushed {
                 bundle_seq,
@@ -274,10 +283,18 @@ impl Oversync<'_> {
             initialization_id: (!outbox.initialization_id.is_empty())
                 .then(|| outbox.initialization_id.clone()),
         };
-        let created = transport
-            .create_push_session(&source, &request)
-            .await
-            .map_err(|e| self.server_error(e))?;
+        let created = match transport.create_push_session(&source, &request).await {
+            Ok(created) => created,
+            Err(e) if e.code() == Some(codes::HISTORY_PRUNED) => {
+                // The tuple was committed once, but its history is gone: only a rotation
+                // with a fresh source can carry this intent now.
+                state::enter_source_recovery(self.conn, codes::HISTORY_PRUNED)?;
+                return Err(Error::SourceRecoveryRequired {
+                    reason: codes::HISTORY_PRUNED.into(),
+                });
+            }
+            Err(e) => return Err(self.server_error(e)),
+        };
         let (push_id, mut next) = match created {
             PushSessionCreateResponse::AlreadyCommitted {
                 bundle_seq,
@@ -381,18 +398,21 @@ impl Oversync<'_> {
     }
 
     /// Fetches the committed bundle into `_sync_push_stage`, verifying `bundle_hash`.
-    async fn fetch_committed(&mut self, bundle_seq: i64, expected_hash: &str) -> Result<()> {
+    /// `Ok(false)`: the bundle is below the server's retained history (`history_pruned`).
+    async fn fetch_committed(&mut self, bundle_seq: i64, expected_hash: &str) -> Result<bool> {
         let transport = self.transport()?;
         let source = state::attachment_state(self.conn)?.current_source_id;
         self.conn.batch_execute("DELETE FROM _sync_push_stage")?;
-        let page = self
-            .rt
-            .limits
-            .as_ref()
-            .and_then(|l| l.max_rows_per_committed_bundle_chunk)
-            .filter(|n| *n > 0)
-            .unwrap_or(1000)
-            .min(5000) as u32;
+        let page = crate::handle::page_rows(
+            self.rt
+                .limits
+                .as_ref()
+                .and_then(|l| l.default_rows_per_committed_bundle_chunk),
+            self.rt
+                .limits
+                .as_ref()
+                .and_then(|l| l.max_rows_per_committed_bundle_chunk),
+        );
         let mut hasher = BundleHasher::new();
         let mut after: Option<i64> = None;
         let mut ordinal: i64 = 0;
@@ -402,13 +422,7 @@ impl Oversync<'_> {
                 .await
             {
                 Ok(resp) => resp,
-                Err(e) if e.code() == Some(codes::HISTORY_PRUNED) => {
-                    // The committed tuple can no longer be replayed: rotate the source.
-                    state::enter_source_recovery(self.conn, codes::HISTORY_PRUNED)?;
-                    return Err(Error::SourceRecoveryRequired {
-                        reason: codes::HISTORY_PRUNED.into(),
-                    });
-                }
+                Err(e) if e.code() == Some(codes::HISTORY_PRUNED) => return Ok(false),
                 Err(e) => return Err(self.server_error(e)),
             };
             if resp.bundle_seq != bundle_seq || resp.bundle_hash != expected_hash {
@@ -442,7 +456,7 @@ impl Oversync<'_> {
                 "bundle {bundle_seq}: bundle_hash {actual} does not match {expected_hash}"
             )));
         }
-        Ok(())
+        Ok(true)
     }
 
     fn stage_push_rows(
@@ -519,32 +533,42 @@ impl Oversync<'_> {
                 changed.extend(apply_effects(conn, effects, &keep_local)?);
             }
             rebase_dirty_rows(conn, bundle_seq)?;
-            conn.batch_execute("DELETE FROM _sync_push_stage; DELETE FROM _sync_outbox_rows;")?;
-            conn.batch_execute(
-                "UPDATE _sync_outbox_bundle SET state = 'none', source_id = '', source_bundle_id = 0, row_count = 0, \
-                 initialization_id = '', canonical_request_hash = '', remote_bundle_hash = '', remote_bundle_seq = 0 WHERE singleton_key = 1",
-            )?;
-            diesel::sql_query(
-                "UPDATE _sync_source_state SET next_source_bundle_id = MAX(next_source_bundle_id, ?) WHERE source_id = ?",
-            )
-            .bind::<BigInt, _>(outbox.source_bundle_id + 1)
-            .bind::<Text, _>(&outbox.source_id)
-            .execute(conn)?;
-            // The checkpoint moves only over contiguous history: bundles of other devices
-            // committed before ours are still to be pulled.
-            diesel::sql_query(
-                "UPDATE _sync_attachment_state SET pending_initialization_id = '', \
-                 last_bundle_seq_seen = CASE WHEN last_bundle_seq_seen + 1 = ? THEN ? ELSE last_bundle_seq_seen END WHERE singleton_key = 1",
-            )
-            .bind::<BigInt, _>(bundle_seq)
-            .bind::<BigInt, _>(bundle_seq)
-            .execute(conn)?;
+            retire_outbox(conn, outbox, bundle_seq)?;
             Ok(changed)
         })?;
         self.tables_changed(changed);
         Ok(())
     }
+}
 
+/// The outbox's bundle is committed and reflected locally: clear it, move the source's
+/// sequence past it, and advance the checkpoint when the bundle is the next in history
+/// (bundles of other devices committed before ours are still to be pulled).
+fn retire_outbox(
+    conn: &mut SqliteConnection,
+    outbox: &state::OutboxBundle,
+    bundle_seq: i64,
+) -> Result<()> {
+    conn.batch_execute("DELETE FROM _sync_push_stage; DELETE FROM _sync_outbox_rows;")?;
+    conn.batch_execute(
+        "UPDATE _sync_outbox_bundle SET state = 'none', source_id = '', source_bundle_id = 0, row_count = 0, \
+         initialization_id = '', canonical_request_hash = '', remote_bundle_hash = '', remote_bundle_seq = 0 WHERE singleton_key = 1",
+    )?;
+    diesel::sql_query("UPDATE _sync_source_state SET next_source_bundle_id = MAX(next_source_bundle_id, ?) WHERE source_id = ?")
+        .bind::<BigInt, _>(outbox.source_bundle_id + 1)
+        .bind::<Text, _>(&outbox.source_id)
+        .execute(conn)?;
+    diesel::sql_query(
+        "UPDATE _sync_attachment_state SET pending_initialization_id = '', \
+         last_bundle_seq_seen = CASE WHEN last_bundle_seq_seen + 1 = ? THEN ? ELSE last_bundle_seq_seen END WHERE singleton_key = 1",
+    )
+    .bind::<BigInt, _>(bundle_seq)
+    .bind::<BigInt, _>(bundle_seq)
+    .execute(conn)?;
+    Ok(())
+}
+
+impl Oversync<'_> {
     pub(crate) fn tables_changed(&self, changed: std::collections::HashSet<&'static str>) {
         if !changed.is_empty() {
             let mut tables: Vec<String> = changed.into_iter().map(str::to_string).collect();

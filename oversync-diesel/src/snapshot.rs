@@ -2,7 +2,7 @@
 //! memory) -> one transaction that replaces every synced table, the row state and the
 //! checkpoint -> session deleted. Until that transaction commits the previous data stays.
 
-use crate::apply::{apply_effects, in_apply_transaction};
+use crate::apply::{RowEffect, apply_effects, in_apply_transaction, write_local_rows};
 use crate::codec::invalid;
 use crate::error::Result;
 use crate::events::{Phase, SyncEvent};
@@ -13,7 +13,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use diesel::sqlite::Sqlite;
-use oversync_protocol::{Op, SnapshotSessionCreateRequest};
+use oversync_protocol::{Op, SnapshotSessionCreateRequest, SnapshotSourceReplacement};
 use serde_json::{Map, Value};
 
 /// What a rebuild did.
@@ -21,8 +21,11 @@ use serde_json::{Map, Value};
 pub struct RebuildReport {
     /// The bundle the snapshot is frozen at; the new checkpoint.
     pub snapshot_bundle_seq: i64,
-    /// Rows now in the synced tables.
+    /// Rows fetched from the snapshot.
     pub rows: u64,
+    /// Most snapshot rows held in memory at once (one chunk or one apply page): the
+    /// snapshot streams through `_sync_snapshot_stage`, so this does not grow with its size.
+    pub peak_rows_in_memory: u64,
 }
 
 #[derive(QueryableByName)]
@@ -39,19 +42,87 @@ struct StagedSnapshotRow {
     payload: String,
 }
 
+/// How a rebuild treats the source identity.
+#[derive(Debug, Clone)]
+enum SourceMode {
+    /// Keep the current source (catching up after `history_pruned`, hydrating on attach).
+    Keep,
+    /// Rotate to the reserved replacement source after the swap commits.
+    Rotate { reason: String, replacement: String },
+}
+
 impl Oversync<'_> {
-    /// Replaces all synced tables with the server's current state, keeping the source.
-    /// Pending local changes are discarded: callers rebuild only when there are none, or
-    /// when the server's state must win (attaching to an existing account).
+    /// Rebuilds every synced table from a server snapshot (paged, bounded memory, applied in
+    /// one transaction). Local changes not yet on the server are kept: they are put back on
+    /// top of the snapshot and pushed by the next sync.
+    ///
+    /// When the install is in source-recovery mode ([`Error::SourceRecoveryRequired`]),
+    /// this also rotates the source: a replacement source id is reserved durably (the same
+    /// one across retries and restarts), sent as `source_replacement`, and becomes current
+    /// only when the snapshot is applied; the frozen outbox is then pushed under it.
+    ///
+    /// [`Error::SourceRecoveryRequired`]: crate::Error::SourceRecoveryRequired
+    pub async fn rebuild(&mut self) -> Result<RebuildReport> {
+        self.ensure_open()?;
+        let attachment = state::attachment_state(self.conn)?;
+        if attachment.binding_state != "attached" {
+            return Err(crate::Error::NotAttached);
+        }
+        let operation = state::operation_state(self.conn)?;
+        if operation.kind == "source_recovery" {
+            let replacement = if operation.replacement_source_id.is_empty() {
+                let id = uuid::Uuid::new_v4().to_string();
+                diesel::sql_query(
+                    "UPDATE _sync_operation_state SET replacement_source_id = ? WHERE singleton_key = 1",
+                )
+                .bind::<Text, _>(&id)
+                .execute(self.conn)?;
+                id
+            } else {
+                operation.replacement_source_id
+            };
+            let reason = if operation.reason.is_empty() {
+                "source_retired".to_string()
+            } else {
+                operation.reason
+            };
+            return self
+                .rebuild_with(SourceMode::Rotate {
+                    reason,
+                    replacement,
+                })
+                .await;
+        }
+        self.rebuild_with(SourceMode::Keep).await
+    }
+
+    /// Keep-source rebuild (after `history_pruned`, or to hydrate on attach).
     pub(crate) async fn rebuild_keep_source(&mut self) -> Result<RebuildReport> {
+        self.rebuild_with(SourceMode::Keep).await
+    }
+
+    async fn rebuild_with(&mut self, mode: SourceMode) -> Result<RebuildReport> {
         let transport = self.transport()?;
         let source = state::attachment_state(self.conn)?.current_source_id;
+        let request = match &mode {
+            SourceMode::Keep => SnapshotSessionCreateRequest::default(),
+            SourceMode::Rotate {
+                reason,
+                replacement,
+            } => SnapshotSessionCreateRequest {
+                source_replacement: Some(SnapshotSourceReplacement {
+                    previous_source_id: source.clone(),
+                    new_source_id: replacement.clone(),
+                    reason: protocol_reason(reason),
+                }),
+            },
+        };
         let session = transport
-            .create_snapshot_session(&source, &SnapshotSessionCreateRequest::default())
+            .create_snapshot_session(&source, &request)
             .await
-            .map_err(|e| self.server_error(e))?;
+            .map_err(crate::Error::from)?;
         let snapshot_id = session.snapshot_id.clone();
-        let result = self.stage_and_swap(&source, &session).await;
+        let result = self.stage_and_swap(&source, &session, &mode).await;
         // Best effort either way: sessions expire on their own.
         let _ = transport
             .delete_snapshot_session(&source, &snapshot_id)
@@ -63,21 +134,25 @@ impl Oversync<'_> {
         &mut self,
         source: &str,
         session: &oversync_protocol::SnapshotSession,
+        mode: &SourceMode,
     ) -> Result<RebuildReport> {
         let transport = self.transport()?;
         let total = session.row_count.max(0) as u64;
-        let page = self
-            .rt
-            .limits
-            .as_ref()
-            .and_then(|l| l.max_rows_per_snapshot_chunk)
-            .filter(|n| *n > 0)
-            .unwrap_or(1000)
-            .min(5000) as u32;
+        let page = crate::handle::page_rows(
+            self.rt
+                .limits
+                .as_ref()
+                .and_then(|l| l.default_rows_per_snapshot_chunk),
+            self.rt
+                .limits
+                .as_ref()
+                .and_then(|l| l.max_rows_per_snapshot_chunk),
+        );
         self.conn
             .batch_execute("DELETE FROM _sync_snapshot_stage")?;
         let mut after = 0i64;
         let mut staged = 0u64;
+        let mut peak = 0u64;
         loop {
             let chunk = transport
                 .snapshot_chunk(source, &session.snapshot_id, after, page)
@@ -129,6 +204,7 @@ impl Oversync<'_> {
                 q.execute(self.conn)?;
             }
             staged += chunk.rows.len() as u64;
+            peak = peak.max(chunk.rows.len() as u64);
             self.emit(SyncEvent::Progress {
                 phase: Phase::Rebuild,
                 done: staged,
@@ -148,7 +224,9 @@ impl Oversync<'_> {
         let refs = &self.rt.uuid_refs;
         let snapshot_id = session.snapshot_id.clone();
         let seq = session.snapshot_bundle_seq;
-        let changed = in_apply_transaction(self.conn, |conn| {
+        let (changed, apply_peak) = in_apply_transaction(self.conn, |conn| {
+            let mut apply_peak = 0u64;
+            let intents = local_intent(conn, config, mode)?;
             for spec in config.tables() {
                 conn.batch_execute(&format!(
                     "DELETE FROM \"{}\"",
@@ -169,6 +247,7 @@ impl Oversync<'_> {
                     break;
                 }
                 from += rows.len() as i64;
+                apply_peak = apply_peak.max(rows.len() as u64);
                 let mut effects = Vec::with_capacity(rows.len());
                 for row in rows {
                     let key: Map<String, Value> = serde_json::from_str(&row.key_json)
@@ -188,18 +267,191 @@ impl Oversync<'_> {
                 }
                 apply_effects(conn, effects, &Default::default())?;
             }
+            restore_intent(conn, refs, &intents)?;
+            if let SourceMode::Rotate { replacement, .. } = mode {
+                switch_source(conn, source, replacement)?;
+            }
             diesel::sql_query("DELETE FROM _sync_snapshot_stage WHERE snapshot_id = ?")
                 .bind::<Text, _>(&snapshot_id)
                 .execute(conn)?;
             diesel::sql_query("UPDATE _sync_attachment_state SET last_bundle_seq_seen = ?, rebuild_required = 0 WHERE singleton_key = 1")
                 .bind::<BigInt, _>(seq)
                 .execute(conn)?;
-            Ok(config.tables().iter().map(|t| t.table_name).collect())
+            let changed: std::collections::HashSet<&'static str> =
+                config.tables().iter().map(|t| t.table_name).collect();
+            Ok((changed, apply_peak))
         })?;
         self.tables_changed(changed);
         Ok(RebuildReport {
             snapshot_bundle_seq: seq,
             rows: staged,
+            peak_rows_in_memory: peak.max(apply_peak),
         })
     }
+}
+
+/// The wire `reason` of a source replacement, from the error code that started recovery.
+fn protocol_reason(code: &str) -> String {
+    use oversync_protocol::codes;
+    match code {
+        codes::HISTORY_PRUNED
+        | codes::SOURCE_SEQUENCE_OUT_OF_ORDER
+        | codes::SOURCE_SEQUENCE_CHANGED => code.to_string(),
+        _ => codes::SOURCE_RETIRED.to_string(),
+    }
+}
+
+/// One local change that must survive a rebuild.
+struct Intent {
+    spec: &'static crate::TableSpec,
+    key: String,
+    key_json: String,
+    op: Op,
+    local_payload: Option<String>,
+    /// Becomes a dirty row again (pushed by the next sync). Intent still frozen in a
+    /// prepared outbox that keeps its source is only put back into the table.
+    requeue: bool,
+}
+
+#[derive(QueryableByName)]
+struct IntentRow {
+    #[diesel(sql_type = Text)]
+    table_name: String,
+    #[diesel(sql_type = Text)]
+    key_json: String,
+    #[diesel(sql_type = Text)]
+    op: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    payload: Option<String>,
+}
+
+/// Local intent, oldest first: a prepared outbox (a committed one is in the snapshot
+/// already), then the dirty rows.
+fn local_intent(
+    conn: &mut SqliteConnection,
+    config: &crate::OversyncConfig,
+    mode: &SourceMode,
+) -> Result<Vec<Intent>> {
+    let outbox = state::outbox_bundle(conn)?;
+    let mut rows: Vec<(IntentRow, bool)> = Vec::new();
+    if outbox.state == "prepared" {
+        let frozen: Vec<IntentRow> = diesel::sql_query(
+            "SELECT table_name, key_json, op, local_payload AS payload FROM _sync_outbox_rows ORDER BY row_ordinal",
+        )
+        .load(conn)?;
+        let requeue = matches!(mode, SourceMode::Rotate { .. });
+        rows.extend(frozen.into_iter().map(|r| (r, requeue)));
+    }
+    let dirty: Vec<IntentRow> = diesel::sql_query(
+        "SELECT table_name, key_json, op, payload FROM _sync_dirty_rows ORDER BY dirty_ordinal",
+    )
+    .load(conn)?;
+    rows.extend(dirty.into_iter().map(|r| (r, true)));
+    let mut out = Vec::with_capacity(rows.len());
+    for (row, requeue) in rows {
+        let spec = config.table_named(&row.table_name).ok_or_else(|| {
+            crate::Error::InvalidState(format!(
+                "pending change for unregistered table {}",
+                row.table_name
+            ))
+        })?;
+        let op = Op::parse(&row.op)
+            .ok_or_else(|| crate::Error::InvalidState(format!("pending op {:?}", row.op)))?;
+        out.push(Intent {
+            spec,
+            key: crate::codec::local_key_value(spec, &row.key_json)?,
+            key_json: row.key_json,
+            op,
+            local_payload: row.payload,
+            requeue,
+        });
+    }
+    Ok(out)
+}
+
+/// Puts local intent back on top of freshly applied server state: rows into the app's
+/// tables, and (for requeued intent) dirty rows based on the new `_sync_row_state`.
+fn restore_intent(
+    conn: &mut SqliteConnection,
+    refs: &crate::codec::UuidRefs,
+    intents: &[Intent],
+) -> Result<()> {
+    let mut effects = Vec::with_capacity(intents.len());
+    for intent in intents {
+        let values = match (&intent.op, &intent.local_payload) {
+            (Op::Delete, _) => None,
+            (_, Some(payload)) => {
+                let wire = crate::codec::payload_local_to_wire(intent.spec, refs, payload)?;
+                Some(crate::codec::sql_values(intent.spec, refs, &wire)?)
+            }
+            (_, None) => {
+                return Err(crate::Error::InvalidState(format!(
+                    "{}: pending write without payload",
+                    intent.spec.table_name
+                )));
+            }
+        };
+        effects.push(RowEffect {
+            spec: intent.spec,
+            key: intent.key.clone(),
+            key_json: intent.key_json.clone(),
+            row_version: 0,
+            values,
+        });
+    }
+    write_local_rows(conn, effects)?;
+    for intent in intents.iter().filter(|i| i.requeue) {
+        let sql = if intent.op == Op::Delete {
+            "INSERT INTO _sync_dirty_rows(schema_name, table_name, key_json, op, base_row_version, payload) \
+             SELECT 'main', rs.table_name, rs.key_json, 'DELETE', rs.row_version, NULL FROM _sync_row_state AS rs \
+             WHERE rs.schema_name = 'main' AND rs.table_name = ?1 AND rs.key_json = ?2 AND rs.deleted = 0 AND ?3 IS NULL \
+             ON CONFLICT(schema_name, table_name, key_json) DO UPDATE SET op = 'DELETE', payload = NULL, base_row_version = excluded.base_row_version"
+        } else {
+            "INSERT INTO _sync_dirty_rows(schema_name, table_name, key_json, op, base_row_version, payload) \
+             SELECT 'main', ?1, ?2, CASE WHEN rs.deleted = 0 THEN 'UPDATE' ELSE 'INSERT' END, IFNULL(rs.row_version, 0), ?3 \
+             FROM (SELECT 1) LEFT JOIN _sync_row_state AS rs ON rs.schema_name = 'main' AND rs.table_name = ?1 AND rs.key_json = ?2 \
+             WHERE true ON CONFLICT(schema_name, table_name, key_json) DO UPDATE SET op = excluded.op, payload = excluded.payload, \
+             base_row_version = excluded.base_row_version"
+        };
+        if intent.op == Op::Delete {
+            // A delete of a row the server does not hold leaves nothing to push.
+            diesel::sql_query("DELETE FROM _sync_dirty_rows WHERE table_name = ? AND key_json = ?")
+                .bind::<Text, _>(intent.spec.table_name)
+                .bind::<Text, _>(&intent.key_json)
+                .execute(conn)?;
+        }
+        diesel::sql_query(sql)
+            .bind::<Text, _>(intent.spec.table_name)
+            .bind::<Text, _>(&intent.key_json)
+            .bind::<diesel::sql_types::Nullable<Text>, _>(intent.local_payload.clone())
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Makes the reserved replacement the current source, after the snapshot is in place.
+fn switch_source(conn: &mut SqliteConnection, previous: &str, replacement: &str) -> Result<()> {
+    diesel::sql_query(
+        "INSERT INTO _sync_source_state(source_id) VALUES (?) ON CONFLICT(source_id) DO NOTHING",
+    )
+    .bind::<Text, _>(replacement)
+    .execute(conn)?;
+    diesel::sql_query(
+        "UPDATE _sync_source_state SET replaced_by_source_id = ? WHERE source_id = ?",
+    )
+    .bind::<Text, _>(replacement)
+    .bind::<Text, _>(previous)
+    .execute(conn)?;
+    diesel::sql_query(
+        "UPDATE _sync_attachment_state SET current_source_id = ? WHERE singleton_key = 1",
+    )
+    .bind::<Text, _>(replacement)
+    .execute(conn)?;
+    conn.batch_execute(
+        "DELETE FROM _sync_outbox_rows;
+         UPDATE _sync_outbox_bundle SET state = 'none', source_id = '', source_bundle_id = 0, row_count = 0,
+           initialization_id = '', canonical_request_hash = '', remote_bundle_hash = '', remote_bundle_seq = 0 WHERE singleton_key = 1;
+         UPDATE _sync_operation_state SET kind = 'none', reason = '', replacement_source_id = '' WHERE singleton_key = 1;",
+    )?;
+    Ok(())
 }
