@@ -385,3 +385,66 @@ async fn rebuild_keeps_unsynced_local_changes() {
     a.conn.oversync().sync().await.unwrap();
     assert_eq!(all_users(&mut a), all_users(&mut b));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_a_reaches_b_through_a_watch_wake_up() {
+    let server = Server::start().await;
+    let name = fresh_user("watch");
+    let mut a = attached(&server, &name).await;
+    insert_users(&mut a, &[user(&new_id(), "seed")]);
+    a.conn.oversync().sync().await.unwrap();
+    let mut b = attached(&server, &name).await;
+    let mut events = b.conn.subscribe();
+    let watch = b
+        .conn
+        .start_watch(oversync_diesel::WatchOptions {
+            poll_interval: std::time::Duration::from_secs(3600),
+            ..Default::default()
+        })
+        .await
+        .expect("start watch");
+
+    let id = new_id();
+    insert_users(&mut a, &[user(&id, "pushed-by-a")]);
+    a.conn.oversync().sync().await.unwrap();
+
+    // B never pulls: the watcher does, on the server's wake-up (the poll interval is an hour).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let found: i64 = users::table
+            .filter(users::id.eq(&id))
+            .count()
+            .get_result(&mut *b.conn)
+            .unwrap();
+        if found == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the row did not arrive through the watch"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut saw_tables_changed = false;
+    while let Ok(e) = events.try_recv() {
+        saw_tables_changed |= matches!(e, SyncEvent::TablesChanged { ref tables } if tables.contains(&"users".to_string()));
+    }
+    assert!(saw_tables_changed, "the app was told which tables changed");
+    watch.stop().await;
+    assert_eq!(
+        b.conn.oversync().last_bundle_seq_seen().unwrap(),
+        a.conn.oversync().last_bundle_seq_seen().unwrap()
+    );
+
+    // Stopped means stopped: later writes do not arrive by themselves.
+    let later = new_id();
+    insert_users(&mut a, &[user(&later, "after-stop")]);
+    a.conn.oversync().sync().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let found: i64 = users::table
+        .filter(users::id.eq(&later))
+        .count()
+        .get_result(&mut *b.conn)
+        .unwrap();
+    assert_eq!(found, 0);
+}

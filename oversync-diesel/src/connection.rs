@@ -54,6 +54,7 @@ pub struct OversyncConnection {
     conn: SqliteConnection,
     config: OversyncConfig,
     runtime: Runtime,
+    database_url: Option<String>,
 }
 
 /// Per-connection sync machinery that is not stored in the database.
@@ -70,7 +71,9 @@ impl OversyncConnection {
     /// Opens (or creates) the SQLite database at `database_url` and prepares it for sync.
     pub fn establish(database_url: &str, config: OversyncConfig) -> Result<Self> {
         let conn = SqliteConnection::establish(database_url)?;
-        Self::new(conn, config)
+        let mut this = Self::new(conn, config)?;
+        this.database_url = Some(database_url.to_string());
+        Ok(this)
     }
 
     /// Wraps an existing connection. Turns on foreign keys (cascades must fire so they are
@@ -94,6 +97,7 @@ impl OversyncConnection {
                 limits: None,
                 uuid_refs: Default::default(),
             },
+            database_url: None,
         })
     }
 
@@ -132,6 +136,25 @@ impl OversyncConnection {
     /// The configuration this connection syncs with.
     pub fn config(&self) -> &OversyncConfig {
         &self.config
+    }
+
+    /// The database URL given to [`establish`](Self::establish).
+    pub fn database_url(&self) -> Option<String> {
+        self.database_url.clone()
+    }
+
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// A second connection to the same file sharing transport, resolver and event channel.
+    pub(crate) fn sibling(&self, url: &str) -> Result<OversyncConnection> {
+        let mut other = Self::establish(url, self.config.clone())?;
+        other.runtime.transport = self.runtime.transport.clone();
+        other.runtime.resolver = self.runtime.resolver.clone();
+        other.runtime.events = self.runtime.events.clone();
+        other.runtime.limits = self.runtime.limits.clone();
+        Ok(other)
     }
 
     /// Unwraps the Diesel connection.

@@ -68,6 +68,9 @@ pub enum Error {
         /// Retries made.
         retries: u32,
     },
+    /// Watch wake-ups cannot run here.
+    #[error("watch unavailable: {0}")]
+    WatchUnsupported(String),
     /// `open()` has not run on this connection yet.
     #[error("oversync is not open on this connection: call conn.oversync().open() first")]
     NotOpen,

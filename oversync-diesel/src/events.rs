@@ -48,6 +48,8 @@ pub enum SyncEvent {
     },
     /// The server refused the credentials even after a token refresh: sign in again.
     AuthRequired,
+    /// The server has new bundles but local changes wait: call `sync()` to push and pull.
+    RemoteChanges,
     /// Server data changed these tables locally: refresh views showing them.
     TablesChanged {
         /// Table names.

@@ -27,6 +27,7 @@ mod status;
 mod table;
 pub mod transport;
 mod validate;
+mod watch;
 
 pub use config::OversyncConfig;
 pub use conflict::{ClientWins, Conflict, ConflictResolver, Resolution, ServerWins};
@@ -44,3 +45,4 @@ pub use table::{ColumnSpec, KeyKind, SyncTable, TableSpec, TriggerSpec};
 pub use transport::{
     StaticToken, TokenProvider, Transport, TransportConfig, TransportError, token_fn,
 };
+pub use watch::{WatchHandle, WatchOptions};

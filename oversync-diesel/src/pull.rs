@@ -111,6 +111,10 @@ impl Oversync<'_> {
                             "local changes appeared during pull; sync again".into(),
                         ));
                     }
+                    // Another connection (the watcher, say) may have applied it already.
+                    if state::attachment_state(conn)?.last_bundle_seq_seen >= seq {
+                        return Ok(Default::default());
+                    }
                     let changed = apply_effects(conn, effects, &Default::default())?;
                     diesel::sql_query("UPDATE _sync_attachment_state SET last_bundle_seq_seen = ? WHERE singleton_key = 1")
                         .bind::<BigInt, _>(seq)
