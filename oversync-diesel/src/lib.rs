@@ -1,11 +1,53 @@
 //! Offline-first sync between a Diesel/SQLite app and a PostgreSQL server, speaking the
-//! oversync protocol.
+//! oversync protocol (wire-compatible with the reference server, go-oversync).
 //!
-//! 1. Annotate Diesel models with `#[derive(SyncTable)]` (see [`SyncTable`]).
-//! 2. Generate the sync migrations ([`migrations::write_sync_migrations`]) and run them
-//!    with `diesel migration run` or `embed_migrations!`.
-//! 3. Wrap the connection in an [`OversyncConnection`] and call `conn.oversync().open()`
-//!    on every launch; every local write to a synced table is captured from then on.
+//! Three steps: annotate the Diesel models, generate and run the sync migrations, wrap the
+//! connection and sync.
+//!
+//! ```no_run
+//! use diesel::prelude::*;
+//! use oversync_diesel::transport::{AuthError, Transport, token_fn};
+//! use oversync_diesel::{OversyncConfig, OversyncConnection, SyncTable};
+//!
+//! diesel::table! { notes (id) { id -> Text, title -> Text, body -> Nullable<Text> } }
+//!
+//! // 1. Annotate the model: the UUID key is marked `#[sync(key)]`.
+//! #[derive(Queryable, Insertable, SyncTable)]
+//! #[diesel(table_name = notes)]
+//! struct Note {
+//!     #[sync(key)]
+//!     id: String,
+//!     title: String,
+//!     body: Option<String>,
+//! }
+//!
+//! # async fn app() -> Result<(), Box<dyn std::error::Error>> {
+//! // 2. Generate the sync migrations next to the app's own (a tiny bin or a test does this),
+//! //    then apply them with `diesel migration run` or `embed_migrations!`.
+//! oversync_diesel::migrations::write_sync_migrations(std::path::Path::new("migrations"), &[Note::SPEC])?;
+//!
+//! // 3. Wrap the connection, open on every launch, attach the signed-in user, sync.
+//! let config = OversyncConfig::new("business").table::<Note>();
+//! let mut conn = OversyncConnection::establish("app.db", config)?;
+//! conn.oversync().open()?;
+//! conn.set_transport(Transport::new(
+//!     "https://sync.example.com",
+//!     // Called per request; `refresh` is true after a 401 (sign in again then).
+//!     token_fn(|_refresh| async { Ok::<_, AuthError>("<the user's token>".to_string()) }),
+//! )?);
+//! conn.oversync().attach("user-123").await?;
+//!
+//! diesel::insert_into(notes::table)
+//!     .values(&Note { id: uuid::Uuid::new_v4().to_string(), title: "offline".into(), body: None })
+//!     .execute(&mut *conn)?; // captured, works offline
+//! conn.oversync().sync().await?; // push, then pull
+//! # Ok(()) }
+//! ```
+//!
+//! Where each concern lives: [`SyncTable`] (the derive's output), [`migrations`],
+//! [`OversyncConnection`] (the wrapped connection, transport, resolver, events),
+//! [`Oversync`] (the lifecycle: open, attach, push, pull, rebuild, detach, statuses),
+//! [`transport`] (HTTP, auth, retry), conflict resolution ([`ConflictResolver`]).
 
 extern crate self as oversync_diesel;
 
