@@ -112,6 +112,14 @@ impl OversyncConnection {
 
     /// Sets the server to sync with (base URL and the app's token provider).
     pub fn set_transport(&mut self, transport: Transport) {
+        let events = self.runtime.events.clone();
+        transport.on_retry(move |notice| {
+            let _ = events.send(SyncEvent::RetryScheduled {
+                attempt: notice.retry + 1,
+                delay: notice.delay,
+                reason: format!("{}: {}", notice.endpoint, notice.error),
+            });
+        });
         self.runtime.transport = Some(transport);
         self.runtime.limits = None;
     }

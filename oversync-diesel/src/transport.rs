@@ -65,7 +65,23 @@ struct Inner {
     base_str: String,
     auth: Box<dyn TokenProvider>,
     config: TransportConfig,
+    retry_observers: std::sync::RwLock<Vec<RetryObserver>>,
 }
+
+/// A retry about to happen: which endpoint, which retry, after how long, and why.
+#[derive(Debug)]
+pub struct RetryNotice<'a> {
+    /// The endpoint, as `METHOD /path` (no query).
+    pub endpoint: &'a str,
+    /// 1 for the first retry.
+    pub retry: u32,
+    /// The backoff before it.
+    pub delay: Duration,
+    /// The failure being retried.
+    pub error: &'a TransportError,
+}
+
+type RetryObserver = Arc<dyn Fn(&RetryNotice<'_>) + Send + Sync>;
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -160,8 +176,17 @@ impl Transport {
                 base_str,
                 auth: Box::new(auth),
                 config,
+                retry_observers: std::sync::RwLock::new(Vec::new()),
             }),
         })
+    }
+
+    /// Calls `observer` before every automatic retry (the engine turns these into
+    /// `SyncEvent::RetryScheduled`). Observers stay for the transport's lifetime.
+    pub fn on_retry(&self, observer: impl Fn(&RetryNotice<'_>) + Send + Sync + 'static) {
+        if let Ok(mut observers) = self.inner.retry_observers.write() {
+            observers.push(Arc::new(observer));
+        }
     }
 
     /// The server's base URL, normalized without a trailing slash.
@@ -499,6 +524,19 @@ impl Transport {
                         error = %e,
                         "oversync request failed; retrying"
                     );
+                    let observers = inner
+                        .retry_observers
+                        .read()
+                        .map(|o| o.clone())
+                        .unwrap_or_default();
+                    for observer in observers {
+                        observer(&RetryNotice {
+                            endpoint: &call.endpoint,
+                            retry: retries,
+                            delay,
+                            error: &e,
+                        });
+                    }
                     tokio::time::sleep(delay).await;
                 }
                 other => return other,

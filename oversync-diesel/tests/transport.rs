@@ -647,6 +647,67 @@ async fn retries_5xx_then_succeeds_and_sends_the_headers() {
 }
 
 #[tokio::test]
+async fn retry_observers_hear_each_retry_and_connections_turn_them_into_events() {
+    let fake = Fake::start(|hit, _| {
+        if hit < 2 {
+            json_response(
+                StatusCode::BAD_GATEWAY,
+                json!({"error": "bad_gateway", "message": "upstream"}),
+            )
+        } else {
+            json_response(StatusCode::OK, caps_json())
+        }
+    })
+    .await;
+    let (provider, _calls) = recording_provider();
+    let transport = Transport::with_config(&fake.base, provider, fast(3)).expect("transport");
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let log = heard.clone();
+    transport.on_retry(move |notice| {
+        log.lock().expect("log").push((
+            notice.endpoint.to_string(),
+            notice.retry,
+            notice.error.status(),
+        ));
+    });
+    // A connection that uses the transport reports the same retries as events.
+    let config = oversync_diesel::OversyncConfig::new("business").table_spec(&DUMMY);
+    let sqlite =
+        <diesel::SqliteConnection as diesel::Connection>::establish(":memory:").expect("sqlite");
+    let mut conn = oversync_diesel::OversyncConnection::new(sqlite, config).expect("connection");
+    let mut events = conn.subscribe();
+    conn.set_transport(transport.clone());
+    transport
+        .capabilities("src-1")
+        .await
+        .expect("succeeds after two retries");
+    assert_eq!(
+        *heard.lock().expect("log"),
+        vec![
+            ("GET /sync/capabilities".to_string(), 1, Some(502)),
+            ("GET /sync/capabilities".to_string(), 2, Some(502))
+        ]
+    );
+    let mut retries = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let oversync_diesel::SyncEvent::RetryScheduled { attempt, .. } = event {
+            retries.push(attempt);
+        }
+    }
+    assert_eq!(retries, vec![2, 3]);
+}
+
+const DUMMY: oversync_diesel::TableSpec = oversync_diesel::TableSpec {
+    table_name: "t",
+    key_column: "id",
+    key_kind: oversync_diesel::KeyKind::Text,
+    columns: &[],
+    triggers: &[],
+    up_sql: "",
+    down_sql: "",
+};
+
+#[tokio::test]
 async fn always_500_gives_up_after_max_retries() {
     let fake = Fake::start(|_, _| {
         json_response(
