@@ -32,6 +32,15 @@ impl Oversync<'_> {
         self.rt.transport.clone().ok_or(Error::NoTransport)
     }
 
+    /// Page size for a paged download, from the server's (default, max) limits.
+    pub(crate) fn page_size(
+        &self,
+        pick: impl Fn(&oversync_protocol::BundleCapabilitiesLimits) -> (Option<i64>, Option<i64>),
+    ) -> u32 {
+        let (default, max) = self.rt.limits.as_ref().map(pick).unwrap_or((None, None));
+        page_rows(default, max)
+    }
+
     pub(crate) fn emit(&self, event: SyncEvent) {
         // No receiver is fine: events are optional.
         let _ = self.rt.events.send(event);

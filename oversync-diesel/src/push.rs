@@ -403,16 +403,12 @@ impl Oversync<'_> {
         let transport = self.transport()?;
         let source = state::attachment_state(self.conn)?.current_source_id;
         self.conn.batch_execute("DELETE FROM _sync_push_stage")?;
-        let page = crate::handle::page_rows(
-            self.rt
-                .limits
-                .as_ref()
-                .and_then(|l| l.default_rows_per_committed_bundle_chunk),
-            self.rt
-                .limits
-                .as_ref()
-                .and_then(|l| l.max_rows_per_committed_bundle_chunk),
-        );
+        let page = self.page_size(|l| {
+            (
+                l.default_rows_per_committed_bundle_chunk,
+                l.max_rows_per_committed_bundle_chunk,
+            )
+        });
         let mut hasher = BundleHasher::new();
         let mut after: Option<i64> = None;
         let mut ordinal: i64 = 0;

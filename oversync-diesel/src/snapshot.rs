@@ -138,16 +138,12 @@ impl Oversync<'_> {
     ) -> Result<RebuildReport> {
         let transport = self.transport()?;
         let total = session.row_count.max(0) as u64;
-        let page = crate::handle::page_rows(
-            self.rt
-                .limits
-                .as_ref()
-                .and_then(|l| l.default_rows_per_snapshot_chunk),
-            self.rt
-                .limits
-                .as_ref()
-                .and_then(|l| l.max_rows_per_snapshot_chunk),
-        );
+        let page = self.page_size(|l| {
+            (
+                l.default_rows_per_snapshot_chunk,
+                l.max_rows_per_snapshot_chunk,
+            )
+        });
         self.conn
             .batch_execute("DELETE FROM _sync_snapshot_stage")?;
         let mut after = 0i64;
