@@ -448,3 +448,64 @@ async fn a_write_on_a_reaches_b_through_a_watch_wake_up() {
         .unwrap();
     assert_eq!(found, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_retired_elsewhere_rotates_to_the_reserved_replacement() {
+    let server = Server::start().await;
+    let name = fresh_user("retired");
+    let mut b = attached(&server, &name).await;
+    insert_users(&mut b, &[user(&new_id(), "before")]);
+    b.conn.oversync().sync().await.unwrap();
+    let old_source = b.conn.oversync().source_info().unwrap().current_source_id;
+
+    // Something else (a restored backup of this install, say) rotates B's source away.
+    let replacement = new_id();
+    let raw = transport_for(server.base_url(), &name);
+    let request = oversync_diesel::protocol::SnapshotSessionCreateRequest {
+        source_replacement: Some(oversync_diesel::protocol::SnapshotSourceReplacement {
+            previous_source_id: old_source.clone(),
+            new_source_id: replacement.clone(),
+            reason: "source_retired".into(),
+        }),
+    };
+    let session = raw
+        .create_snapshot_session(&old_source, &request)
+        .await
+        .expect("retire B's source");
+    let _ = raw
+        .delete_snapshot_session(&old_source, &session.snapshot_id)
+        .await;
+
+    insert_users(&mut b, &[user(&new_id(), "after-retirement")]);
+    match b.conn.oversync().sync().await {
+        Err(Error::SourceRecoveryRequired { reason }) => assert_eq!(reason, "source_retired"),
+        other => panic!("expected SourceRecoveryRequired, got {other:?}"),
+    }
+    assert_eq!(
+        b.conn
+            .oversync()
+            .source_info()
+            .unwrap()
+            .replacement_source_id
+            .as_deref(),
+        Some(replacement.as_str())
+    );
+    b.conn
+        .oversync()
+        .rebuild()
+        .await
+        .expect("rotate to the reserved replacement");
+    assert_eq!(
+        b.conn.oversync().source_info().unwrap().current_source_id,
+        replacement
+    );
+    b.conn
+        .oversync()
+        .sync()
+        .await
+        .expect("sync under the new source");
+    assert_eq!(
+        server_names(&server, &name).await,
+        vec!["after-retirement", "before"]
+    );
+}

@@ -79,6 +79,8 @@ pub use events::{Phase, SyncEvent};
 pub use handle::Oversync;
 pub use lifecycle::{AttachOutcome, OpenReport, SyncReport, SyncThenDetachReport};
 pub use oversync_derive::SyncTable;
+/// The wire types of the protocol (request and response bodies, error codes).
+pub use oversync_protocol as protocol;
 pub use pull::PullOutcome;
 pub use push::PushOutcome;
 pub use snapshot::RebuildReport;

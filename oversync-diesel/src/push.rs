@@ -392,6 +392,19 @@ impl Oversync<'_> {
             if let Err(e) = state::enter_source_recovery(self.conn, &code) {
                 return e.into();
             }
+            // A source retired elsewhere names the replacement the server reserved for it:
+            // rotating to any other would be refused.
+            if let TransportError::Server { body: Some(body), .. } = &error
+                && let Ok(retired) = serde_json::from_value::<oversync_protocol::SourceRetiredResponse>(body.clone())
+                && let Some(replacement) = retired.replaced_by_source_id.filter(|id| uuid::Uuid::try_parse(id).is_ok())
+                && let Err(e) = diesel::sql_query(
+                    "UPDATE _sync_operation_state SET replacement_source_id = ? WHERE singleton_key = 1",
+                )
+                .bind::<Text, _>(&replacement)
+                .execute(self.conn)
+            {
+                return e.into();
+            }
             return Error::SourceRecoveryRequired { reason: code };
         }
         error.into()
