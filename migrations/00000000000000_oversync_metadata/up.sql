@@ -115,6 +115,9 @@ CREATE TABLE IF NOT EXISTS _sync_snapshot_stage (
     payload     TEXT NOT NULL,
     PRIMARY KEY (snapshot_id, row_ordinal)
 );
+-- A snapshot holds each key once; a repeated key is a broken snapshot, not a row to drop.
+CREATE UNIQUE INDEX IF NOT EXISTS _sync_snapshot_stage_key
+    ON _sync_snapshot_stage(snapshot_id, schema_name, table_name, key_json);
 
 INSERT INTO _sync_apply_state (singleton_key, apply_mode) VALUES (1, 0)
     ON CONFLICT (singleton_key) DO NOTHING;

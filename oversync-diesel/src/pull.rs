@@ -83,9 +83,11 @@ impl Oversync<'_> {
                 break;
             }
             for bundle in page.bundles {
-                if bundle.bundle_seq <= last || bundle.bundle_seq > stable {
+                // Bundle sequences are contiguous per user: a gap or a reordering would move
+                // the checkpoint past a bundle never applied.
+                if bundle.bundle_seq != last + 1 || bundle.bundle_seq > stable {
                     return Err(invalid(format!(
-                        "bundle {} outside ({last}, {stable}]",
+                        "bundle {} is not the next after {last} (ceiling {stable})",
                         bundle.bundle_seq
                     )));
                 }

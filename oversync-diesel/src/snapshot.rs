@@ -197,7 +197,13 @@ impl Oversync<'_> {
                         .bind::<BigInt, _>(row.row_version)
                         .bind::<Text, _>(row.payload.to_string());
                 }
-                q.execute(self.conn)?;
+                q.execute(self.conn).map_err(|e| match e {
+                    diesel::result::Error::DatabaseError(
+                        diesel::result::DatabaseErrorKind::UniqueViolation,
+                        _,
+                    ) => invalid("snapshot lists a key twice"),
+                    other => other.into(),
+                })?;
             }
             staged += chunk.rows.len() as u64;
             peak = peak.max(chunk.rows.len() as u64);
@@ -208,6 +214,12 @@ impl Oversync<'_> {
             });
             if !chunk.has_more {
                 break;
+            }
+            if chunk.next_row_ordinal <= after {
+                return Err(invalid(format!(
+                    "snapshot cursor did not advance ({} after {after})",
+                    chunk.next_row_ordinal
+                )));
             }
             after = chunk.next_row_ordinal;
         }
