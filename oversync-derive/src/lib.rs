@@ -1,9 +1,9 @@
 //! `#[derive(SyncTable)]`: declares a Diesel model's table as synced by oversync.
 //!
 //! Use it through `oversync_diesel::SyncTable`; the full reference of the attributes is on
-//! that re-export. The derive parses the struct once into a [`model::Model`] (attributes in
-//! [`attrs`], fields in [`field`]), then [`sync_table`] turns the model into an
-//! `impl SyncTable` whose trigger SQL comes from [`triggers`].
+//! that re-export. The derive parses the struct once into a `model::Model` (attributes in
+//! `attrs`, fields in `field`), then `sync_table` turns the model into an
+//! `impl SyncTable` whose trigger SQL comes from `triggers`.
 
 mod attrs;
 mod field;

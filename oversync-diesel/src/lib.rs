@@ -49,6 +49,8 @@
 //! [`Oversync`] (the lifecycle: open, attach, push, pull, rebuild, detach, statuses),
 //! [`transport`] (HTTP, auth, retry), conflict resolution ([`ConflictResolver`]).
 
+#![warn(missing_docs)]
+
 extern crate self as oversync_diesel;
 
 mod apply;

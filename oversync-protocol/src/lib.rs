@@ -27,6 +27,8 @@
 //! assert_eq!(hash, oversync_protocol::bundle_hash(std::slice::from_ref(&row)));
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod canonical;
 pub mod codes;
 pub mod hash;
