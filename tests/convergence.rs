@@ -297,12 +297,10 @@ proptest! {
     }
 }
 
-/// Engine bug reproduction (deterministic): A and B create the same member key under
+/// Regression for an engine bug (deterministic): A and B create the same member key under
 /// different new teams; A syncs first; B's push conflicts on the member and the default
 /// `ServerWins` applies the server's member row, whose team B has not pulled yet.
 #[test]
-#[ignore = "engine bug: resolving a push conflict applies the server row before its foreign-key \
-            parent is present locally; sync fails with Database(ForeignKeyViolation) every time"]
 fn conflict_with_a_server_row_whose_parent_is_missing_locally() {
     let Env { rt, server, .. } = env();
     rt.block_on(async {

@@ -700,8 +700,8 @@ impl Oversync<'_> {
                 } else {
                     Default::default()
                 };
-                apply_effects(conn, vec![effect], &keep)?;
-                // The server row is now applied; record the server's actual state.
+                write_unless_parent_missing(conn, effect, &keep)?;
+                // Record the server's actual state (whether or not the row could be written yet).
                 set_row_state(
                     conn,
                     spec.table_name,
@@ -828,6 +828,45 @@ fn set_row_state(
     .execute(conn)?;
     Ok(())
 }
+
+/// Writes a conflict's resolved row locally, unless that leaves a foreign key dangling (its
+/// parent exists on the server but has not been pulled yet): then the write is undone and
+/// the pull that follows the push brings the row together with its parent.
+fn write_unless_parent_missing(
+    conn: &mut SqliteConnection,
+    effect: RowEffect,
+    keep: &std::collections::HashSet<(String, String)>,
+) -> Result<()> {
+    let table = effect.spec.table_name;
+    let attempt = conn.transaction::<(), Error, _>(|c| {
+        apply_effects(c, vec![effect], keep)?;
+        #[derive(QueryableByName)]
+        struct Violations {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let dangling: Violations =
+            diesel::sql_query("SELECT COUNT(*) AS n FROM pragma_foreign_key_check(?)")
+                .bind::<Text, _>(table)
+                .get_result(c)?;
+        if dangling.n > 0 {
+            return Err(Error::InvalidState(PARENT_NOT_PULLED.into()));
+        }
+        Ok(())
+    });
+    match attempt {
+        Err(Error::InvalidState(why)) if why == PARENT_NOT_PULLED => {
+            tracing::debug!(
+                table,
+                "conflict row waits for its parent from the next pull"
+            );
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+const PARENT_NOT_PULLED: &str = "resolved row references a parent not pulled yet";
 
 /// Removes one outbox row and closes the gap so ordinals stay contiguous.
 fn remove_outbox_row(conn: &mut SqliteConnection, ordinal: i64) -> Result<()> {
