@@ -5,7 +5,9 @@
 //!
 //! The server (our example server on a private PostgreSQL) runs in this process; every
 //! client operation runs in a child process (this binary re-executed), so the peak RSS
-//! reported is that operation's alone.
+//! reported is that operation's alone. The child talks to the server through a small TCP
+//! proxy in this process that counts the bytes on the wire (HTTP requests and responses,
+//! headers included) in both directions.
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -15,7 +17,78 @@ use oversync_diesel::protocol::{
 use oversync_e2e::schema::users;
 use oversync_e2e::*;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A loopback TCP proxy to the server that counts bytes: `up` client to server, `down` back.
+struct CountingProxy {
+    url: String,
+    up: Arc<AtomicU64>,
+    down: Arc<AtomicU64>,
+}
+
+impl CountingProxy {
+    async fn start(server_url: &str) -> CountingProxy {
+        let authority = server_url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy listen");
+        let url = format!("http://{}", listener.local_addr().expect("proxy address"));
+        let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (up2, down2) = (up.clone(), down.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&authority).await else {
+                    continue;
+                };
+                let (up, down) = (up2.clone(), down2.clone());
+                tokio::spawn(async move {
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::join!(pump(cr, sw, up), pump(sr, cw, down));
+                });
+            }
+        });
+        CountingProxy { url, up, down }
+    }
+
+    /// Bytes (up, down) since the last call.
+    fn take(&self) -> (u64, u64) {
+        (
+            self.up.swap(0, Ordering::SeqCst),
+            self.down.swap(0, Ordering::SeqCst),
+        )
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    count: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                count.fetch_add(n as u64, Ordering::SeqCst);
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
 
 fn peak_rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -89,7 +162,20 @@ async fn child(op: &str, db: &str, url: &str, user: &str) {
     println!("{} {}", start.elapsed().as_secs_f64(), peak_rss_kb());
 }
 
-fn run_child(op: &str, db: &std::path::Path, url: &str, user: &str) -> (f64, u64) {
+/// [`run_child_blocking`] off the async workers (the counting proxy runs on them).
+async fn run_child(op: &str, db: &std::path::Path, url: &str, user: &str) -> (f64, u64) {
+    let (op, db, url, user) = (
+        op.to_string(),
+        db.to_path_buf(),
+        url.to_string(),
+        user.to_string(),
+    );
+    tokio::task::spawn_blocking(move || run_child_blocking(&op, &db, &url, &user))
+        .await
+        .expect("child runner")
+}
+
+fn run_child_blocking(op: &str, db: &std::path::Path, url: &str, user: &str) -> (f64, u64) {
     let out = Command::new(std::env::current_exe().expect("own path"))
         .args(["--child", op, db.to_str().expect("path"), url, user])
         .output()
@@ -108,14 +194,6 @@ fn run_child(op: &str, db: &std::path::Path, url: &str, user: &str) -> (f64, u64
         .unwrap_or(f64::NAN);
     let rss = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
     (secs, rss)
-}
-
-fn wire_bytes(conn: &mut SqliteConnection) -> i64 {
-    diesel::dsl::sql::<diesel::sql_types::BigInt>(
-        "SELECT IFNULL(SUM(length(payload) + length(key_json) + 80), 0) FROM _sync_dirty_rows",
-    )
-    .get_result(conn)
-    .unwrap_or(0)
 }
 
 struct Row {
@@ -215,7 +293,7 @@ async fn main() {
         .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![10_000, 100_000]);
     let server = Server::start().await;
-    let url = server.base_url().to_string();
+    let proxy = CountingProxy::start(server.base_url()).await;
     let mut table = Vec::new();
     for &n in &sizes {
         let baseline = raw_insert_secs(n);
@@ -233,27 +311,29 @@ async fn main() {
         let mut a = Device::new(&server, &user);
         a.conn.oversync().attach(&user).await.expect("attach a");
         insert(&mut a.conn, &rows(n, "push"));
-        let bytes = wire_bytes(&mut a.conn);
-        let (secs, rss) = run_child("push", &a.path, &url, &user);
+        proxy.take();
+        let (secs, rss) = run_child("push", &a.path, &proxy.url, &user).await;
+        let (up, down) = proxy.take();
         table.push(Row {
             what: "push (one bundle)".into(),
             rows: n,
             secs,
             rss_kb: rss,
             baseline,
-            extra: format!("~{:.1} MB sent", bytes as f64 / 1e6),
+            extra: format!("wire: {} up, {} down", mb(up), mb(down)),
         });
 
         // Rebuild: a fresh device hydrating those N rows from a snapshot.
         let fresh = Device::new(&server, &user);
-        let (secs, rss) = run_child("rebuild", &fresh.path, &url, &user);
+        let (secs, rss) = run_child("rebuild", &fresh.path, &proxy.url, &user).await;
+        let (up, down) = proxy.take();
         table.push(Row {
             what: "snapshot rebuild (hydrate)".into(),
             rows: n,
             secs,
             rss_kb: rss,
             baseline,
-            extra: String::new(),
+            extra: format!("wire: {} up, {} down", mb(up), mb(down)),
         });
 
         // Pull: another device's N rows arriving as 1k-row bundles.
@@ -276,20 +356,40 @@ async fn main() {
             insert(&mut writer.conn, chunk);
             writer.conn.oversync().sync().await.expect("writer push");
         }
-        let (secs, rss) = run_child("pull", &reader.path, &url, &user);
+        proxy.take();
+        let (secs, rss) = run_child("pull", &reader.path, &proxy.url, &user).await;
+        let (up, down) = proxy.take();
         table.push(Row {
             what: "pull (1k-row bundles)".into(),
             rows: n,
             secs,
             rss_kb: rss,
             baseline,
-            extra: format!("{} bundles", n.div_ceil(1000)),
+            extra: format!(
+                "{} bundles; wire: {} up, {} down",
+                n.div_ceil(1000),
+                mb(up),
+                mb(down)
+            ),
         });
     }
     let (per_sec, total) = server_pushes_per_sec(&server).await;
 
+    let mem_total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+        })
+        .unwrap_or_default();
     println!(
         "\nSync benchmark (one run; client ops in child processes; server + PostgreSQL on loopback)"
+    );
+    println!(
+        "machine: {} cores, MemTotal {} kB; baseline = Diesel insert_into(..).values(&row) per row, one transaction",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        mem_total
     );
     println!(
         "{:<30} {:>8} {:>10} {:>12} {:>10} {:>13}  notes",
