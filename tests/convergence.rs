@@ -17,6 +17,7 @@ use oversync_diesel::Error;
 use oversync_e2e::schema::{team_members, teams};
 use oversync_e2e::*;
 use proptest::prelude::*;
+use proptest::test_runner::{FileFailurePersistence, RngSeed};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -272,20 +273,31 @@ async fn run(devices: usize, steps: Vec<Step>) -> Result<(), String> {
     Ok(())
 }
 
-fn cases() -> u32 {
-    if std::env::var_os("OVERSYNC_LONG_TESTS").is_some() {
-        200
-    } else {
-        96
+/// The seed CI explores from: a red run always means a regression, never a new random case.
+const CI_SEED: u64 = 0x6f76_6572_7379_6e63;
+
+fn long_tests() -> bool {
+    std::env::var_os("OVERSYNC_LONG_TESTS").is_some()
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: if long_tests() { 1000 } else { 96 },
+        rng_seed: if long_tests() {
+            RngSeed::Random
+        } else {
+            RngSeed::Fixed(CI_SEED)
+        },
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
+        max_shrink_iters: 64,
+        ..ProptestConfig::default()
     }
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(),
-        max_shrink_iters: 64,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(config())]
 
     #[test]
     fn devices_converge_to_the_server(
@@ -337,4 +349,36 @@ fn conflict_with_a_server_row_whose_parent_is_missing_locally() {
         a.conn.oversync().sync().await.expect("a sync");
         assert_eq!(dump(&mut a), dump(&mut b));
     });
+}
+
+/// The shrunk case the random property found while the push gave up after two conflicts:
+/// three devices insert teams in the same slots offline, then each syncs once.
+#[test]
+fn three_devices_inserting_the_same_teams() {
+    let steps = vec![
+        Step::InsertTeam { dev: 0, slot: 0 },
+        Step::InsertTeam { dev: 0, slot: 1 },
+        Step::InsertTeam { dev: 0, slot: 2 },
+        Step::InsertTeam { dev: 1, slot: 0 },
+        Step::InsertTeam { dev: 1, slot: 1 },
+        Step::InsertTeam { dev: 1, slot: 2 },
+        Step::InsertTeam { dev: 2, slot: 0 },
+        Step::InsertTeam { dev: 2, slot: 1 },
+        Step::InsertTeam { dev: 2, slot: 2 },
+        Step::InsertTeam { dev: 2, slot: 3 },
+        Step::Sync {
+            dev: 0,
+            fault: None,
+        },
+        Step::Sync {
+            dev: 1,
+            fault: None,
+        },
+        Step::Sync {
+            dev: 2,
+            fault: None,
+        },
+    ];
+    let outcome = env().rt.block_on(run(3, steps));
+    assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
 }

@@ -207,6 +207,80 @@ async fn update_update_conflict_server_wins_by_default() {
     assert!(saw, "a ConflictResolved event was sent");
 }
 
+/// The server names one conflicting row per 409: a push holding five of them (two devices
+/// that inserted the same keys offline) still completes in one `sync()`, under either
+/// built-in resolver, and every device ends equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_conflicting_rows_in_one_push_resolve_in_one_sync() {
+    let server = Server::start().await;
+    for client_wins in [false, true] {
+        let name = fresh_user(if client_wins { "many-cw" } else { "many-sw" });
+        let mut a = Device::new(&server, &name);
+        let mut b = Device::new(&server, &name);
+        attach_first(&mut a).await;
+        b.conn.oversync().attach(&name).await.expect("attach b");
+        if client_wins {
+            b.conn.set_conflict_resolver(ClientWins);
+        }
+        let shared: Vec<String> = (0..5).map(|_| new_id()).collect();
+        for id in &shared {
+            insert_user(&mut a, &user(id, "from-a"));
+            insert_user(&mut b, &user(id, "from-b"));
+        }
+        let only_b = new_id();
+        insert_user(&mut b, &user(&only_b, "only-b"));
+        sync(&mut a).await;
+        let report = b
+            .conn
+            .oversync()
+            .sync()
+            .await
+            .expect("one sync resolves all five");
+        match (client_wins, &report.push) {
+            (
+                false,
+                PushOutcome::Pushed {
+                    conflicts_resolved,
+                    rows_pushed,
+                    ..
+                },
+            ) => {
+                assert_eq!(*conflicts_resolved, 5, "{report:?}");
+                assert_eq!(*rows_pushed, 1, "only the unique row is left to push");
+            }
+            (
+                true,
+                PushOutcome::Pushed {
+                    conflicts_resolved,
+                    rows_pushed,
+                    ..
+                },
+            ) => {
+                assert_eq!(*conflicts_resolved, 5, "{report:?}");
+                assert_eq!(*rows_pushed, 6);
+            }
+            _ => panic!("unexpected push outcome {report:?}"),
+        }
+        assert_eq!(
+            b.conn
+                .oversync()
+                .pending_sync_status()
+                .unwrap()
+                .pending_rows,
+            0
+        );
+        sync(&mut a).await;
+        let expected = if client_wins { "from-b" } else { "from-a" };
+        let rows = all_users(&mut a);
+        assert_eq!(rows.len(), 6);
+        for id in &shared {
+            let row = rows.iter().find(|r| &r.0 == id).expect("shared row");
+            assert_eq!(row.1, expected);
+        }
+        assert_eq!(rows, all_users(&mut b));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_update_conflict_client_wins() {
     let server = Server::start().await;

@@ -3,8 +3,10 @@
 //! The server rejects a whole push when a row's `base_row_version` is stale
 //! (`409 push_conflict`). The [`ConflictResolver`] set on the connection decides per row:
 //! take the server's row, keep the local intent (rebased on the server version), or write an
-//! explicit merge. The push then retries with the same `source_bundle_id` (at most twice);
-//! an invalid merge or a third conflict fails closed with the local intent kept.
+//! explicit merge. The push then retries with the same `source_bundle_id`. The server names
+//! one conflicting row per answer, so retries continue while each resolves a row not resolved
+//! before in this push (bounded by the bundle's row count, plus two for rows that conflict
+//! again); an invalid merge or an exhausted budget fails closed with the local intent kept.
 //!
 //! A custom resolver can work with the app's own model type through serde:
 //!

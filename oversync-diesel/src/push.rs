@@ -52,6 +52,42 @@ pub enum PushOutcome {
     },
 }
 
+/// How many conflict retries one push may still make: one per distinct conflicting row of
+/// the bundle, plus [`REPEATED_CONFLICT_RETRIES`] for rows that conflict again after their
+/// resolution. A server that keeps naming rows it already named cannot keep a push spinning.
+#[derive(Debug)]
+struct ConflictBudget {
+    seen: std::collections::HashSet<(String, String)>,
+    distinct_left: u64,
+    repeats_left: u32,
+}
+
+impl ConflictBudget {
+    fn new(bundle_rows: u64) -> Self {
+        Self {
+            seen: Default::default(),
+            distinct_left: bundle_rows,
+            repeats_left: REPEATED_CONFLICT_RETRIES,
+        }
+    }
+
+    /// Whether a conflict on this row may be resolved and the push retried.
+    fn admit(&mut self, table: &str, key: String) -> bool {
+        if self.seen.insert((table.to_string(), key)) {
+            if self.distinct_left == 0 {
+                return false;
+            }
+            self.distinct_left -= 1;
+            true
+        } else if self.repeats_left > 0 {
+            self.repeats_left -= 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// A row as a JSON object (wire form unless said otherwise).
 type Row = Map<String, Value>;
 /// A local row to write (`None` deletes it).
@@ -59,8 +95,9 @@ type LocalRow = Option<Row>;
 /// An outbox row's new op and payload.
 type PushIntent = (Op, Option<Row>);
 
-/// Automatic retries of one push after resolving conflicts.
-const MAX_CONFLICT_RETRIES: u32 = 2;
+/// Retries of one push allowed on a row that was already resolved once in the same push
+/// (the server row changed again meanwhile), on top of one retry per distinct row.
+const REPEATED_CONFLICT_RETRIES: u32 = 2;
 /// Rows per committed-bundle page and default push chunk.
 const DEFAULT_CHUNK_ROWS: u32 = 1000;
 
@@ -95,6 +132,7 @@ impl Oversync<'_> {
     pub async fn push_pending(&mut self) -> Result<PushOutcome> {
         self.ensure_attached()?;
         let mut conflicts_resolved = 0;
+        let mut budget: Option<ConflictBudget> = None;
         loop {
             let Some(outbox) = self.freeze()? else {
                 return Ok(if conflicts_resolved > 0 {
@@ -120,7 +158,13 @@ impl Oversync<'_> {
                         (bundle_seq, bundle_hash)
                     }
                     Upload::Conflict(details) => {
-                        if conflicts_resolved >= MAX_CONFLICT_RETRIES {
+                        // The server reports one conflicting row per 409: keep going while
+                        // each retry resolves a row not seen before (bounded by the bundle's
+                        // size), with a small allowance for rows that conflict again.
+                        let budget = budget.get_or_insert_with(|| {
+                            ConflictBudget::new(outbox.row_count.max(0) as u64)
+                        });
+                        if !budget.admit(&details.table, key_text(&details.key)) {
                             return Err(Error::ConflictRetriesExhausted {
                                 table: details.table.clone(),
                                 key: key_text(&details.key),
@@ -924,4 +968,36 @@ fn rebase_dirty_rows_for_key(
     .bind::<Text, _>(key_json)
     .execute(conn)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConflictBudget;
+
+    #[test]
+    fn conflict_budget_allows_every_distinct_row_of_the_bundle() {
+        let mut budget = ConflictBudget::new(5);
+        for i in 0..5 {
+            assert!(budget.admit("teams", format!("k{i}")), "row {i}");
+        }
+    }
+
+    #[test]
+    fn conflict_budget_bounds_rows_that_conflict_again() {
+        let mut budget = ConflictBudget::new(5);
+        assert!(budget.admit("teams", "a".into()));
+        assert!(budget.admit("teams", "a".into()));
+        assert!(budget.admit("teams", "a".into()));
+        assert!(!budget.admit("teams", "a".into()), "third repeat refused");
+        // Distinct rows still make progress after repeats are spent.
+        assert!(budget.admit("teams", "b".into()));
+    }
+
+    #[test]
+    fn conflict_budget_refuses_more_distinct_rows_than_the_bundle_holds() {
+        let mut budget = ConflictBudget::new(2);
+        assert!(budget.admit("teams", "a".into()));
+        assert!(budget.admit("team_members", "a".into()));
+        assert!(!budget.admit("teams", "c".into()));
+    }
 }

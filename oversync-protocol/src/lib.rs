@@ -1,5 +1,6 @@
-//! Wire types of the oversync protocol (`shared/protocol/oversync-openapi.yaml`), shared by
-//! the client (`oversync-diesel`) and the server (`oversync-server`).
+//! Wire types of the oversync protocol (the OpenAPI contract of the reference server
+//! go-oversync, `swagger/two_way_sync.yaml`; see `docs/protocol.md`), shared by the client
+//! (`oversync-diesel`) and the server (`oversync-server`).
 //!
 //! * [`wire`]: request and response bodies as serde types. Decoding is lenient where the
 //!   contract allows it (optional fields default, unknown fields are ignored), because the
