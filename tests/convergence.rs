@@ -5,9 +5,8 @@
 //! pending. proptest prints the failing case and its seed; 96 cases by default,
 //! 200 with `OVERSYNC_LONG_TESTS=1`.
 //!
-//! The property keeps member keys per device and never deletes a team: a conflict whose
-//! server row references a parent the device does not hold (yet) hits an engine bug,
-//! reproduced by the ignored `conflict_with_a_server_row_whose_parent_is_missing_locally`.
+//! Devices share both key pools: two devices may create the same member under different
+//! teams, and a team deleted on one device cascades to members another device still edits.
 
 mod common;
 
@@ -50,6 +49,10 @@ const SLOTS: usize = 4;
 #[derive(Clone, Debug)]
 enum Step {
     InsertTeam {
+        dev: usize,
+        slot: usize,
+    },
+    DeleteTeam {
         dev: usize,
         slot: usize,
     },
@@ -100,9 +103,10 @@ fn step() -> impl Strategy<Value = Step> {
     let slot = 0..SLOTS;
     prop_oneof![
         3 => (dev.clone(), slot.clone()).prop_map(|(dev, slot)| Step::InsertTeam { dev, slot }),
+        1 => (dev.clone(), slot.clone()).prop_map(|(dev, slot)| Step::DeleteTeam { dev, slot }),
         2 => (dev.clone(), slot.clone(), any::<u8>())
             .prop_map(|(dev, slot, name)| Step::UpdateTeam { dev, slot, name }),
-        3 => (dev.clone(), slot.clone(), 0..SLOTS)
+        3 => (dev.clone(), 0..SLOTS * 3, 0..SLOTS)
             .prop_map(|(dev, slot, team)| Step::InsertMember { dev, slot, team }),
         2 => (dev.clone(), 0..SLOTS * 3, any::<u8>())
             .prop_map(|(dev, slot, name)| Step::UpdateMember { dev, slot, name }),
@@ -130,7 +134,7 @@ fn dump(d: &mut Device) -> Rows {
 
 /// Applies a local step; a write the database refuses (duplicate key, missing parent) is
 /// simply not made, as in an app.
-fn local(d: &mut Device, devices: usize, step: &Step, team_ids: &[String], member_ids: &[String]) {
+fn local(d: &mut Device, step: &Step, team_ids: &[String], member_ids: &[String]) {
     let _ = d.conn.immediate_transaction(|c| -> QueryResult<()> {
         match step {
             Step::InsertTeam { slot, .. } => {
@@ -147,11 +151,13 @@ fn local(d: &mut Device, devices: usize, step: &Step, team_ids: &[String], membe
                     .set(teams::name.eq(format!("t{name}")))
                     .execute(c)?;
             }
-            Step::InsertMember { dev, slot, team } => {
-                // Each device creates its own members (see the module docs).
+            Step::DeleteTeam { slot, .. } => {
+                diesel::delete(teams::table.find(&team_ids[*slot])).execute(c)?;
+            }
+            Step::InsertMember { slot, team, .. } => {
                 diesel::insert_into(team_members::table)
                     .values((
-                        team_members::id.eq(&member_ids[(dev % devices) * SLOTS + slot]),
+                        team_members::id.eq(&member_ids[*slot]),
                         team_members::name.eq("new"),
                         team_members::team_id.eq(&team_ids[*team]),
                     ))
@@ -219,19 +225,14 @@ async fn run(devices: usize, steps: Vec<Step>) -> Result<(), String> {
             other => {
                 let dev = match other {
                     Step::InsertTeam { dev, .. }
+                    | Step::DeleteTeam { dev, .. }
                     | Step::UpdateTeam { dev, .. }
                     | Step::InsertMember { dev, .. }
                     | Step::UpdateMember { dev, .. }
                     | Step::DeleteMember { dev, .. } => *dev,
                     Step::Sync { .. } => unreachable!(),
                 };
-                local(
-                    &mut ds[dev % devices],
-                    devices,
-                    other,
-                    &team_ids,
-                    &member_ids,
-                );
+                local(&mut ds[dev % devices], other, &team_ids, &member_ids);
             }
         }
     }

@@ -583,7 +583,8 @@ impl Transport {
             let (bytes, _) = tokio::time::timeout_at(deadline, read_body(response, MAX_ERROR_BODY))
                 .await
                 .unwrap_or_default();
-            return Err(server_error(status.as_u16(), &bytes));
+            let request = format!("{} {}", call.method, call.url.path());
+            return Err(server_error(request, status.as_u16(), &bytes));
         }
         if call.stream {
             return Ok(Answer::Stream(response));
@@ -622,7 +623,7 @@ async fn read_body(
 }
 
 /// Maps a non-success answer: JSON `{"error","message"}` when possible, else the text.
-fn server_error(status: u16, bytes: &[u8]) -> TransportError {
+fn server_error(request: String, status: u16, bytes: &[u8]) -> TransportError {
     let body = serde_json::from_slice::<serde_json::Value>(bytes).ok();
     let field = |name: &str| {
         body.as_ref()
@@ -635,6 +636,7 @@ fn server_error(status: u16, bytes: &[u8]) -> TransportError {
         .filter(|m| !m.is_empty())
         .unwrap_or_else(|| preview(bytes, MAX_ERROR_MESSAGE));
     TransportError::Server {
+        request,
         status,
         code,
         message,

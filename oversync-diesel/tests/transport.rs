@@ -475,6 +475,7 @@ async fn real_server_client_errors_map_to_typed_server_errors() {
                 code: ref c,
                 ref message,
                 ref body,
+                ..
             } => {
                 assert_eq!((s, c.as_str()), (status, code), "{err:?}");
                 assert!(!message.is_empty(), "{err:?}");
@@ -724,11 +725,17 @@ async fn always_500_gives_up_after_max_retries() {
         .expect_err("gives up");
     match &err {
         TransportError::Server {
+            request,
             status,
             code,
             message,
             body,
         } => {
+            assert_eq!(request, "GET /sync/pull");
+            assert!(
+                err.to_string().starts_with("GET /sync/pull answered 500"),
+                "the error names the request: {err}"
+            );
             assert_eq!(*status, 500);
             assert_eq!(code, codes::INTERNAL_ERROR);
             assert_eq!(message, "boom");
@@ -902,11 +909,18 @@ async fn html_502_is_a_server_error_with_an_empty_code() {
     let err = transport.pull("s", 0, 10, None).await.expect_err("502");
     match &err {
         TransportError::Server {
+            request,
             status,
             code,
             message,
             body,
         } => {
+            assert_eq!(request, "GET /sync/pull");
+            assert!(
+                err.to_string()
+                    .starts_with("GET /sync/pull answered 502: <html><body>Bad Gateway"),
+                "method, path and the start of the body: {err}"
+            );
             assert_eq!(*status, 502);
             assert_eq!(code, "");
             assert!(message.starts_with("<html><body>Bad Gateway"), "{message}");

@@ -9,8 +9,10 @@ use oversync_protocol::codes;
 pub enum TransportError {
     /// The server answered with a non-success status (other than a `401` that a token
     /// refresh cured), usually with the error body `{"error": code, "message": text}`.
-    #[error("server answered {status}{}: {message}", if code.is_empty() { String::new() } else { format!(" {code}") })]
+    #[error("{request} answered {status}{}: {message}", if code.is_empty() { String::new() } else { format!(" {code}") })]
     Server {
+        /// The method and path that failed, e.g. `GET /sync/committed-bundles/7/rows`.
+        request: String,
         /// HTTP status.
         status: u16,
         /// The body's `error` field (see [`oversync_protocol::codes`]); empty when the body
