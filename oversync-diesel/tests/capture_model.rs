@@ -383,7 +383,12 @@ fn capture_matches_the_coalescing_model() {
     {
         Some(seed) => vec![seed],
         None => {
-            let base: u64 = rand::random();
+            // Fixed seeds in CI, so a red run is a regression and not a new random case.
+            let base: u64 = if std::env::var_os("OVERSYNC_LONG_TESTS").is_some() {
+                rand::random()
+            } else {
+                0x6361_7074_7572_6500
+            };
             (0..cases).map(|i| base.wrapping_add(i)).collect()
         }
     };
