@@ -171,6 +171,12 @@ impl Server {
     pub fn base_url(&self) -> &str {
         &self.base_url
     }
+
+    /// The in-process server (and through it its database), unless the suite runs against
+    /// `OVERSYNC_TEST_SERVER_URL`.
+    pub fn local(&self) -> Option<&oversync_testkit::TestServer> {
+        self._local.as_ref()
+    }
 }
 
 /// One device: a SQLite file with its own sync runtime, signed in as `user`.

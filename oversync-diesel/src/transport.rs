@@ -32,6 +32,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+/// `POST /sync/snapshot-sessions` may take this many times `request_timeout`: the server
+/// builds the whole snapshot before it answers.
+pub const SNAPSHOT_CREATE_TIMEOUT_FACTOR: u32 = 4;
+
 /// At most this much of an error body is read.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Error messages taken from non-JSON bodies keep this many characters.
@@ -109,6 +113,10 @@ struct Call<'a> {
     source_id: &'a str,
     body: Option<Vec<u8>>,
     stream: bool,
+    /// Limit of one attempt.
+    timeout: Duration,
+    /// Whether a timed-out attempt is retried.
+    retry_timeouts: bool,
 }
 
 impl Transport {
@@ -309,13 +317,42 @@ impl Transport {
     }
 
     /// `POST /sync/snapshot-sessions` (with `source_replacement` for a rotated rebuild).
+    ///
+    /// The server copies the whole snapshot before it answers, so one attempt may take
+    /// [`SNAPSHOT_CREATE_TIMEOUT_FACTOR`] times `request_timeout`, and an attempt that times
+    /// out is not retried: the error ([`TransportError::is_timeout`]) goes to the caller and
+    /// the next sync starts over. Retrying at once would start the same build again under
+    /// the same limit (our server cancels an abandoned build when the connection closes,
+    /// but a server that does not would run both). Network failures and `5xx` answers are
+    /// retried as for any call.
     pub async fn create_snapshot_session(
         &self,
         source_id: &str,
         req: &SnapshotSessionCreateRequest,
     ) -> Result<SnapshotSession, TransportError> {
         let url = self.url(&["sync", "snapshot-sessions"], &[]);
-        self.json(Method::POST, url, source_id, Some(req)).await
+        let endpoint = format!("POST {}", url.path());
+        let body = serde_json::to_vec(req).map_err(|e| {
+            TransportError::InvalidRequest(format!("encoding the {endpoint} body: {e}"))
+        })?;
+        let call = Call {
+            method: Method::POST,
+            url,
+            endpoint: endpoint.clone(),
+            source_id,
+            body: Some(body),
+            stream: false,
+            timeout: self
+                .inner
+                .config
+                .request_timeout
+                .saturating_mul(SNAPSHOT_CREATE_TIMEOUT_FACTOR),
+            retry_timeouts: false,
+        };
+        match self.execute(call).await? {
+            Answer::Body(bytes) => decode(endpoint, &bytes),
+            Answer::Stream(_) => decode(endpoint, &[]),
+        }
     }
 
     /// `GET /sync/snapshot-sessions/{snapshot_id}?after_row_ordinal=N&max_rows=M`: one page
@@ -370,6 +407,8 @@ impl Transport {
             source_id,
             body: None,
             stream: true,
+            timeout: self.inner.config.request_timeout,
+            retry_timeouts: true,
         };
         match self.execute(call).await? {
             Answer::Stream(response) => {
@@ -428,10 +467,7 @@ impl Transport {
             None => None,
         };
         let bytes = self.send(method, url, source_id, body).await?;
-        serde_json::from_slice(&bytes).map_err(|e| TransportError::Decode {
-            message: format!("{e}; body starts {}", preview(&bytes, 200)),
-            endpoint,
-        })
+        decode(endpoint, &bytes)
     }
 
     /// Sends a request and returns the success body.
@@ -449,6 +485,8 @@ impl Transport {
             source_id,
             body,
             stream: false,
+            timeout: self.inner.config.request_timeout,
+            retry_timeouts: true,
         };
         match self.execute(call).await? {
             Answer::Body(bytes) => Ok(bytes),
@@ -513,7 +551,11 @@ impl Transport {
                     refreshed = true;
                     refresh_now = true;
                 }
-                Err(e) if e.is_retryable() && retries < inner.config.max_retries => {
+                Err(e)
+                    if e.is_retryable()
+                        && retries < inner.config.max_retries
+                        && (call.retry_timeouts || !e.is_timeout()) =>
+                {
                     retries += 1;
                     let delay = retry::backoff(&inner.config, retries);
                     tracing::warn!(
@@ -551,7 +593,7 @@ impl Transport {
         authorization: HeaderValue,
         source: HeaderValue,
     ) -> Result<Answer, TransportError> {
-        let timeout = self.inner.config.request_timeout;
+        let timeout = call.timeout;
         let deadline = Instant::now() + timeout;
         let timed_out = || TransportError::Network {
             message: format!("{} timed out after {timeout:?}", call.endpoint),
@@ -595,6 +637,14 @@ impl Transport {
             Ok((bytes, None)) => Ok(Answer::Body(bytes)),
         }
     }
+}
+
+/// Decodes a success body of `endpoint` as `T`.
+fn decode<T: DeserializeOwned>(endpoint: String, bytes: &[u8]) -> Result<T, TransportError> {
+    serde_json::from_slice(bytes).map_err(|e| TransportError::Decode {
+        message: format!("{e}; body starts {}", preview(bytes, 200)),
+        endpoint,
+    })
 }
 
 /// Reads up to `limit` bytes of a body; returns what was read and the error that cut it short.

@@ -4,7 +4,7 @@
 use crate::SyncService;
 use crate::auth::Actor;
 use crate::body::{PathParam, QueryParams, read_body};
-use crate::bootstrap::SCOPE_COLUMN;
+use crate::bootstrap::{SCOPE_COLUMN, TableInfo};
 use crate::error::SyncError;
 use crate::payload::wire_payload_text;
 use crate::scope::{require_initialized, rfc3339};
@@ -21,15 +21,32 @@ use std::sync::Arc;
 
 impl SyncService {
     /// Creates a frozen snapshot session.
+    ///
+    /// If the request is dropped before it answers (the client timed out or went away),
+    /// the statement still running for it is cancelled in PostgreSQL and its connection is
+    /// closed, so an abandoned build does not keep a backend busy beside the client's retry.
     pub async fn create_snapshot_session(
         &self,
         actor: &Actor,
         req: &SnapshotSessionCreateRequest,
     ) -> Result<SnapshotSession, SyncError> {
         let _op = self.begin_op();
+        let mut conn = CancelOnDrop::new(self.client().await?);
+        let result = self
+            .build_snapshot_session(conn.client()?, actor, req)
+            .await;
+        conn.finish();
+        result
+    }
+
+    async fn build_snapshot_session(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        actor: &Actor,
+        req: &SnapshotSessionCreateRequest,
+    ) -> Result<SnapshotSession, SyncError> {
         let registry = self.registry();
         let limits = &self.config.limits;
-        let mut client = self.client().await?;
         let tx = client
             .build_transaction()
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -65,35 +82,17 @@ impl SyncService {
             .get(0);
         // Rows are copied inside PostgreSQL (bounded memory here), ordered by table then key.
         let mut offset: i64 = 0;
+        let mut byte_count: i64 = 0;
         for info in registry.tables() {
-            let sql = format!(
-                "INSERT INTO sync.snapshot_rows (snapshot_id, row_ordinal, table_id, key_text, row_version, payload)
-                 SELECT $1::text::uuid, $2 + row_number() OVER (ORDER BY s.k COLLATE \"C\"), {id},
-                        s.k, COALESCE(rs.bundle_seq, 0), s.p
-                 FROM (SELECT src.{key}::text AS k, to_jsonb(src)::text AS p
-                       FROM {table} AS src WHERE src.{scope} = $3) AS s
-                 LEFT JOIN sync.row_state rs
-                   ON rs.user_pk = $4 AND rs.table_id = {id} AND rs.key_text = s.k",
-                id = quote_literal(&info.id.to_string()) + "::int",
-                key = quote_ident(&info.key_column),
-                table = info.ident(),
-                scope = quote_ident(SCOPE_COLUMN),
-            );
-            offset += tx
-                .execute(
-                    &sql,
+            let counted = tx
+                .query_one(
+                    &materialize_sql(info),
                     &[&snapshot_id, &offset, &actor.user_id, &history.user_pk],
                 )
-                .await? as i64;
+                .await?;
+            offset += counted.get::<_, i64>(0);
+            byte_count += counted.get::<_, i64>(1);
         }
-        let byte_count: i64 = tx
-            .query_one(
-                "SELECT COALESCE(SUM(octet_length(payload)), 0)::bigint FROM sync.snapshot_rows
-                 WHERE snapshot_id = $1::text::uuid",
-                &[&snapshot_id],
-            )
-            .await?
-            .get(0);
         if limits.max_rows_per_snapshot_session > 0 && offset > limits.max_rows_per_snapshot_session
         {
             return Err(SyncError::Internal(format!(
@@ -213,6 +212,89 @@ impl SyncService {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// The statement copying one table's rows of the user into `sync.snapshot_rows`; returns
+/// `(rows, payload bytes)`. Parameters: `$1` snapshot id, `$2` ordinal offset, `$3` user id
+/// (scope), `$4` user_pk.
+///
+/// The row version is a scalar subquery probing `sync.row_state` by its whole primary key,
+/// not a `LEFT JOIN`. Right after a bulk push, before any ANALYZE, PostgreSQL estimates
+/// the user's rows with default selectivities (about 60 business rows, 1 `row_state` row)
+/// and planned the join as a nested loop whose inner side was the index scan on
+/// `(user_pk, table_id)` alone, materialized and filtered by `key_text` for every outer
+/// row: n x n comparisons (20k rows: 400M; minutes at 300k). The subquery leaves the
+/// planner no join order to get wrong: one unique-index probe per row, so the cost is
+/// linear in rows (n log n) whatever the statistics say. See docs/performance.md.
+fn materialize_sql(info: &TableInfo) -> String {
+    format!(
+        "WITH copied AS (
+           INSERT INTO sync.snapshot_rows (snapshot_id, row_ordinal, table_id, key_text, row_version, payload)
+           SELECT $1::text::uuid, $2 + row_number() OVER (ORDER BY s.k COLLATE \"C\"), {id},
+                  s.k,
+                  COALESCE((SELECT rs.bundle_seq FROM sync.row_state rs
+                            WHERE rs.user_pk = $4 AND rs.table_id = {id} AND rs.key_text = s.k), 0),
+                  s.p
+           FROM (SELECT src.{key}::text AS k, to_jsonb(src)::text AS p
+                 FROM {table} AS src WHERE src.{scope} = $3) AS s
+           RETURNING octet_length(payload) AS bytes
+         )
+         SELECT count(*)::bigint, COALESCE(sum(bytes), 0)::bigint FROM copied",
+        id = quote_literal(&info.id.to_string()) + "::int",
+        key = quote_ident(&info.key_column),
+        table = info.ident(),
+        scope = quote_ident(SCOPE_COLUMN),
+    )
+}
+
+/// A pooled connection for a snapshot build. Dropped unfinished (the request future was
+/// dropped while a statement ran), it cancels that statement and closes the connection:
+/// dropping a query future alone leaves the backend running it to the end, and the
+/// connection must not return to the pool, where a late cancel could hit another request.
+struct CancelOnDrop {
+    client: Option<deadpool_postgres::Object>,
+    cancel: tokio_postgres::CancelToken,
+}
+
+impl CancelOnDrop {
+    fn new(client: deadpool_postgres::Object) -> Self {
+        let cancel = client.cancel_token();
+        Self {
+            client: Some(client),
+            cancel,
+        }
+    }
+
+    fn client(&mut self) -> Result<&mut deadpool_postgres::Object, SyncError> {
+        self.client
+            .as_mut()
+            .ok_or_else(|| SyncError::Internal("snapshot connection already released".into()))
+    }
+
+    /// The build ended (either way): the connection goes back to the pool.
+    fn finish(mut self) {
+        self.client = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let detached = deadpool_postgres::Object::take(client);
+        let cancel = self.cancel.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            if let Err(e) = cancel.cancel_query(tokio_postgres::NoTls).await {
+                tracing::warn!(error = %e, "cancelling an abandoned snapshot build failed");
+            }
+            // Closed only after the cancel went out, so the backend stops and then sees EOF.
+            drop(detached);
+        });
     }
 }
 
