@@ -48,7 +48,7 @@ pub(crate) enum PrunedCatchUp {
     /// The server's snapshot is at the local checkpoint: nothing newer exists.
     AlreadyAtHead,
     /// The synced tables were rebuilt from a newer snapshot.
-    Rebuilt(RebuildReport),
+    Rebuilt,
 }
 
 /// How a rebuild treats the source identity.
@@ -136,7 +136,7 @@ impl Oversync<'_> {
             return self
                 .finish_rebuild(&source, &session, &mode)
                 .await
-                .map(PrunedCatchUp::Rebuilt);
+                .map(|_| PrunedCatchUp::Rebuilt);
         };
         self.close_snapshot_session(&source, &session.snapshot_id)
             .await;
