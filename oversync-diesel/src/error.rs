@@ -53,6 +53,22 @@ pub enum Error {
         /// The server's error code that started recovery.
         reason: String,
     },
+    /// The server is behind history this database has already seen: its stable ceiling (or
+    /// its snapshot) ends at `stable`, below `checkpoint`. The server was restored from a
+    /// backup or reset, so pulling on would leave this database diverged without notice.
+    /// When `checkpoint` is the local pull checkpoint, the install is marked rebuild-required:
+    /// `rebuild()` (or the next `sync()`/`attach()`) replaces the synced tables with the
+    /// server's state, keeping local changes not yet pushed.
+    #[error(
+        "the server's history ends at bundle {stable}, behind bundle {checkpoint} this database has already seen (server restored or reset?): call rebuild() to take the server's state; local changes not yet pushed are kept"
+    )]
+    ServerBehindCheckpoint {
+        /// The newest bundle the server offers now (its stable ceiling or snapshot bundle).
+        stable: i64,
+        /// The bundle this database knows the server had reached: its pull checkpoint, a
+        /// ceiling the server announced earlier, or this device's own committed bundle.
+        checkpoint: i64,
+    },
     /// A conflict resolver returned a merge the engine cannot push; local intent is kept.
     #[error("invalid conflict resolution: {0}")]
     InvalidResolution(String),

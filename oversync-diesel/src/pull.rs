@@ -35,6 +35,18 @@ pub enum PullOutcome {
 
 impl Oversync<'_> {
     /// Pulls and applies committed bundles until the server's stable ceiling.
+    ///
+    /// A `history_pruned` answer (the checkpoint is at or below the server's retained
+    /// floor) is caught up from one snapshot, which ends the call: a snapshot is the
+    /// server's head. When that snapshot is at the local checkpoint nothing is downloaded.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ServerBehindCheckpoint`] when the server's stable ceiling or snapshot is
+    /// behind history this database already applied (the server was restored or reset);
+    /// the install is then marked rebuild-required and the next `sync()` rebuilds.
+    /// [`Error::InvalidResponse`] for a page that breaks the protocol (a gap, a moved
+    /// ceiling, no progress); the checkpoint only ever moves with the bundles applied.
     pub async fn pull_to_stable(&mut self) -> Result<PullOutcome> {
         self.ensure_attached()?;
         let pending_rows = state::pending_row_count(self.conn)?;
@@ -65,20 +77,45 @@ impl Oversync<'_> {
             {
                 Ok(page) => page,
                 Err(e) if e.code() == Some(codes::HISTORY_PRUNED) => {
-                    // Behind the retained history: only a snapshot can catch up. Keep source.
-                    self.rebuild_keep_source().await?;
-                    target = None;
-                    continue;
+                    // Behind the retained history: only a snapshot catches up. It is taken
+                    // at the server's head, so it ends this pull whatever it holds; pulling
+                    // on from it could be answered history_pruned again (a floor at the head
+                    // prunes the head itself) and rebuild forever. It must reach both the
+                    // local checkpoint and any ceiling this pull was promised.
+                    let required = target.unwrap_or(0).max(last);
+                    let caught_up = self.rebuild_after_pruned(required, Some(last)).await;
+                    if let Err(Error::ServerBehindCheckpoint { .. }) = &caught_up {
+                        mark_rebuild_required(self.conn)?;
+                    }
+                    caught_up?;
+                    break;
                 }
                 Err(e) => return Err(self.server_error(e)),
             };
+            if page.stable_bundle_seq < last {
+                // The server lost bundles this database applied (restored from a backup,
+                // or reset). Only a snapshot brings the two back together; mark it so the
+                // next sync (or attach) rebuilds, and say so now rather than diverge.
+                mark_rebuild_required(self.conn)?;
+                return Err(Error::ServerBehindCheckpoint {
+                    stable: page.stable_bundle_seq,
+                    checkpoint: last,
+                });
+            }
             let stable = *target.get_or_insert(page.stable_bundle_seq);
-            if stable < last && page.bundles.is_empty() {
-                break;
+            if page.stable_bundle_seq != stable {
+                return Err(invalid(format!(
+                    "stable_bundle_seq changed from {stable} to {} within one pull",
+                    page.stable_bundle_seq
+                )));
             }
             if page.bundles.is_empty() {
-                if page.has_more && last < stable {
-                    return Err(invalid("pull page made no progress"));
+                // Nothing after the checkpoint yet short of the ceiling: asking again would
+                // get the same page, so a server that does this would be pulled forever.
+                if last < stable {
+                    return Err(invalid(format!(
+                        "pull page made no progress: no bundle after {last} below the stable ceiling {stable}"
+                    )));
                 }
                 break;
             }
@@ -143,4 +180,13 @@ impl Oversync<'_> {
             last_bundle_seq_seen: state::attachment_state(self.conn)?.last_bundle_seq_seen,
         })
     }
+}
+
+/// Marks the install for a keep-source rebuild, which the next `sync()` or `attach()` runs.
+fn mark_rebuild_required(conn: &mut SqliteConnection) -> Result<()> {
+    diesel::sql_query(
+        "UPDATE _sync_attachment_state SET rebuild_required = 1 WHERE singleton_key = 1",
+    )
+    .execute(conn)?;
+    Ok(())
 }

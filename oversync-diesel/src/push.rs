@@ -183,8 +183,10 @@ impl Oversync<'_> {
                 }
             };
             if !self.fetch_committed(bundle_seq, &bundle_hash).await? {
-                // Our bundle is below the retained floor: the snapshot contains it.
-                self.rebuild_keep_source().await?;
+                // Our bundle is below the retained floor: a snapshot at or after it contains
+                // it. One rebuild, then the outbox is done; a snapshot older than our own
+                // bundle means the server lost it, and the outbox stays for a later retry.
+                self.rebuild_after_pruned(bundle_seq, None).await?;
                 in_apply_transaction(self.conn, |conn| retire_outbox(conn, &outbox, bundle_seq))?;
                 return Ok(PushOutcome::Pushed {
                     bundle_seq,

@@ -42,6 +42,15 @@ struct StagedSnapshotRow {
     payload: String,
 }
 
+/// What a rebuild after `history_pruned` did.
+#[derive(Debug)]
+pub(crate) enum PrunedCatchUp {
+    /// The server's snapshot is at the local checkpoint: nothing newer exists.
+    AlreadyAtHead,
+    /// The synced tables were rebuilt from a newer snapshot.
+    Rebuilt,
+}
+
 /// How a rebuild treats the source identity.
 #[derive(Debug, Clone)]
 enum SourceMode {
@@ -96,15 +105,57 @@ impl Oversync<'_> {
         self.rebuild_with(SourceMode::Keep).await
     }
 
-    /// Keep-source rebuild (after `history_pruned`, or to hydrate on attach).
+    /// Keep-source rebuild (to hydrate on attach, or when marked rebuild-required).
     pub(crate) async fn rebuild_keep_source(&mut self) -> Result<RebuildReport> {
         self.rebuild_with(SourceMode::Keep).await
     }
 
+    /// Keep-source rebuild after a `history_pruned` answer. The snapshot session's bundle is
+    /// checked before any chunk is fetched: below `required` (a bundle the server is known
+    /// to have reached) the server went back in time, and a swap would lose that bundle;
+    /// equal to `unless_at` (the local checkpoint) the server's head is where this database
+    /// already is, so there is nothing newer to fetch. That last case is the steady state
+    /// of a retained floor at the head (the floor prunes the head itself), which would
+    /// otherwise download the whole snapshot on every sync.
+    pub(crate) async fn rebuild_after_pruned(
+        &mut self,
+        required: i64,
+        unless_at: Option<i64>,
+    ) -> Result<PrunedCatchUp> {
+        let mode = SourceMode::Keep;
+        let (source, session) = self.open_snapshot_session(&mode).await?;
+        let seq = session.snapshot_bundle_seq;
+        let verdict = if seq < required {
+            Err(crate::Error::ServerBehindCheckpoint {
+                stable: seq,
+                checkpoint: required,
+            })
+        } else if unless_at == Some(seq) {
+            Ok(PrunedCatchUp::AlreadyAtHead)
+        } else {
+            return self
+                .finish_rebuild(&source, &session, &mode)
+                .await
+                .map(|_| PrunedCatchUp::Rebuilt);
+        };
+        self.close_snapshot_session(&source, &session.snapshot_id)
+            .await;
+        verdict
+    }
+
     async fn rebuild_with(&mut self, mode: SourceMode) -> Result<RebuildReport> {
+        let (source, session) = self.open_snapshot_session(&mode).await?;
+        self.finish_rebuild(&source, &session, &mode).await
+    }
+
+    /// Creates the snapshot session a rebuild reads; returns the source it was opened for.
+    async fn open_snapshot_session(
+        &mut self,
+        mode: &SourceMode,
+    ) -> Result<(String, oversync_protocol::SnapshotSession)> {
         let transport = self.transport()?;
         let source = state::attachment_state(self.conn)?.current_source_id;
-        let request = match &mode {
+        let request = match mode {
             SourceMode::Keep => SnapshotSessionCreateRequest::default(),
             SourceMode::Rotate {
                 reason,
@@ -121,13 +172,27 @@ impl Oversync<'_> {
             .create_snapshot_session(&source, &request)
             .await
             .map_err(crate::Error::from)?;
-        let snapshot_id = session.snapshot_id.clone();
-        let result = self.stage_and_swap(&source, &session, &mode).await;
-        // Best effort either way: sessions expire on their own.
-        let _ = transport
-            .delete_snapshot_session(&source, &snapshot_id)
+        Ok((source, session))
+    }
+
+    /// Stages the session's chunks and swaps them in, then deletes the session.
+    async fn finish_rebuild(
+        &mut self,
+        source: &str,
+        session: &oversync_protocol::SnapshotSession,
+        mode: &SourceMode,
+    ) -> Result<RebuildReport> {
+        let result = self.stage_and_swap(source, session, mode).await;
+        self.close_snapshot_session(source, &session.snapshot_id)
             .await;
         result
+    }
+
+    /// Deletes a snapshot session, best effort: sessions expire on their own.
+    async fn close_snapshot_session(&mut self, source: &str, snapshot_id: &str) {
+        if let Ok(transport) = self.transport() {
+            let _ = transport.delete_snapshot_session(source, snapshot_id).await;
+        }
     }
 
     async fn stage_and_swap(

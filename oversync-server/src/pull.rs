@@ -38,8 +38,13 @@ impl SyncService {
         } else {
             history.latest_bundle_seq
         };
+        // The checkpoint, a frozen ceiling (0: none) and the ceiling resolved now must all
+        // be above the floor; with the floor at the head even the head is pruned.
         let floor_check = enforce_floor(&actor.user_id, after_bundle_seq, floor)
-            .and_then(|_| enforce_floor(&actor.user_id, target_bundle_seq, floor))
+            .and_then(|_| match target_bundle_seq {
+                0 => Ok(()),
+                target => enforce_floor(&actor.user_id, target, floor),
+            })
             .and_then(|_| enforce_floor(&actor.user_id, stable, floor));
         if let Err(e) = floor_check {
             drop(tx);

@@ -42,9 +42,14 @@ pub(crate) async fn apply_policy(
     Ok(())
 }
 
-/// `history_pruned` if `seq` (a positive checkpoint) is at or below `floor`.
+/// `history_pruned` if `seq` is at or below a positive `floor`, as the reference server has
+/// it: a checkpoint equal to the floor is pruned too, so a floor at the head prunes the
+/// head itself (clients then catch up from a snapshot). Unlike the reference, a checkpoint
+/// of 0 (a device that never applied a bundle) is pruned as well once the floor is above
+/// 0: bundles `1..=floor` are gone, and answering the bundles after the floor instead
+/// would hand that device a history with a hole at its start.
 pub(crate) fn enforce_floor(user_id: &str, seq: i64, floor: i64) -> Result<(), SyncError> {
-    if seq > 0 && seq <= floor {
+    if floor > 0 && seq <= floor {
         return Err(SyncError::conflict(
             codes::HISTORY_PRUNED,
             format!(
@@ -101,4 +106,29 @@ pub async fn set_retained_floor(
         )
         .await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::enforce_floor;
+
+    fn pruned(seq: i64, floor: i64) -> bool {
+        enforce_floor("u", seq, floor).is_err()
+    }
+
+    #[test]
+    fn the_floor_itself_and_everything_below_it_is_pruned() {
+        assert!(!pruned(0, 0), "no floor: a fresh device pulls from 0");
+        assert!(!pruned(5, 0));
+        assert!(
+            pruned(0, 3),
+            "a fresh device cannot pull a history that lost 1..=3"
+        );
+        assert!(pruned(2, 3));
+        assert!(
+            pruned(3, 3),
+            "a checkpoint equal to the floor is pruned, as the reference"
+        );
+        assert!(!pruned(4, 3));
+    }
 }

@@ -29,6 +29,8 @@ pub enum Fault {
     Delay(Duration),
     /// Answer this status (with a JSON error body) without forwarding.
     Status(u16),
+    /// Answer this status with this protocol error code, without forwarding.
+    ErrorCode(u16, &'static str),
     /// Forward, then answer the headers with the full `content-length` but only half the body.
     Truncate,
     /// Forward, then answer `200` with a body that is not valid JSON.
@@ -262,6 +264,12 @@ async fn serve(
         Some(Ok(Fault::Status(code))) => {
             let body =
                 serde_json::json!({"error": "injected", "message": format!("injected {code}")});
+            let bytes = body.to_string().into_bytes();
+            return write_response(&mut socket, code, "application/json", &bytes, bytes.len())
+                .await;
+        }
+        Some(Ok(Fault::ErrorCode(code, error))) => {
+            let body = serde_json::json!({"error": error, "message": format!("injected {error}")});
             let bytes = body.to_string().into_bytes();
             return write_response(&mut socket, code, "application/json", &bytes, bytes.len())
                 .await;
