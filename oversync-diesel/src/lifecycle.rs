@@ -52,7 +52,8 @@ impl Oversync<'_> {
             )
             .bind::<Text, _>(&source_id)
             .execute(conn)?;
-            let source_rotated = !created_source && check_file_identity(conn)?;
+            // Recorded on the first open too, so a copy made right after it is noticed.
+            let source_rotated = check_file_identity(conn)?;
             let source_id = if source_rotated {
                 state::attachment_state(conn)?.current_source_id
             } else {

@@ -80,7 +80,7 @@ struct OutboxRow {
     local_payload: Option<String>,
 }
 
-/// What [`Oversync::fetch_committed`] found.
+/// What `fetch_committed` found.
 enum Fetched {
     /// The bundle is staged and is exactly this outbox's intent.
     Ours,
