@@ -1,4 +1,7 @@
 -- Removes all oversync state. Run the per-table trigger migrations' down.sql first.
+-- outbox integrity (appended in up.sql)
+DROP TABLE IF EXISTS _sync_install_identity;
+DROP INDEX IF EXISTS _sync_outbox_rows_key;
 DROP TABLE IF EXISTS _sync_snapshot_stage;
 DROP TABLE IF EXISTS _sync_push_stage;
 DROP TABLE IF EXISTS _sync_outbox_rows;

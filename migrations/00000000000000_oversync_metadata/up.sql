@@ -127,3 +127,19 @@ INSERT INTO _sync_operation_state (singleton_key) VALUES (1)
     ON CONFLICT (singleton_key) DO NOTHING;
 INSERT INTO _sync_outbox_bundle (singleton_key) VALUES (1)
     ON CONFLICT (singleton_key) DO NOTHING;
+
+-- ---- outbox integrity (appended) ----
+-- Capture looks up whether a deleted key is still in the frozen outbox (its push may have
+-- committed, so the delete must be pushed): a seek on (table_name, key_json), not a scan.
+CREATE INDEX IF NOT EXISTS _sync_outbox_rows_key ON _sync_outbox_rows(table_name, key_json);
+
+-- Which database file the source id belongs to. `open()` compares it with the file it runs
+-- on: a copy (backup restore, cloned device) gets a fresh source id before it pushes, so two
+-- copies never share a source sequence. `file_identity` is device and inode where available.
+CREATE TABLE IF NOT EXISTS _sync_install_identity (
+    singleton_key INTEGER NOT NULL PRIMARY KEY CHECK (singleton_key = 1),
+    database_path TEXT NOT NULL DEFAULT '',
+    file_identity TEXT NOT NULL DEFAULT ''
+);
+INSERT INTO _sync_install_identity (singleton_key) VALUES (1)
+    ON CONFLICT (singleton_key) DO NOTHING;

@@ -4,8 +4,10 @@
 //! - a write's op is `UPDATE` when the server holds the key live (`_sync_row_state.deleted = 0`),
 //!   else `INSERT`; so insert-then-update stays an INSERT and delete-then-reinsert of a synced
 //!   row becomes an UPDATE;
-//! - a delete of a row the server holds becomes `DELETE` (payload NULL); a delete of a row the
-//!   server never had removes the pending entry, leaving nothing to push;
+//! - a delete of a row the server holds becomes `DELETE` (payload NULL), and so does a delete
+//!   of a key still in the frozen outbox (its push may have committed; replay rebases the
+//!   DELETE on the committed version); a delete of a row the server never had and no push
+//!   carries removes the pending entry, leaving nothing to push;
 //! - a key-changing update is a delete of the old key followed by a write of the new key;
 //! - the upsert never rewrites `base_row_version` or `dirty_ordinal`, so the first touch keeps
 //!   both (`dirty_ordinal` is the table's rowid, assigned as max + 1 without a scan).
@@ -144,16 +146,22 @@ impl TableTriggers<'_> {
     fn capture_delete(&self, row: &str) -> String {
         let table = literal(self.table);
         let key = self.key_json(row);
+        // The server may hold the key: it says so in `_sync_row_state`, or the key is in the
+        // frozen outbox, whose push may commit at any moment (or already has, unacknowledged).
+        let server_may_hold = format!(
+            "(EXISTS (SELECT 1 FROM _sync_row_state
+                    WHERE schema_name = '{LOCAL_SCHEMA}' AND table_name = {table} AND key_json = {key} AND deleted = 0)
+       OR EXISTS (SELECT 1 FROM _sync_outbox_rows WHERE table_name = {table} AND key_json = {key}))"
+        );
         format!(
             "DELETE FROM _sync_dirty_rows
   WHERE schema_name = '{LOCAL_SCHEMA}' AND table_name = {table} AND key_json = {key}
-    AND NOT EXISTS (SELECT 1 FROM _sync_row_state
-                    WHERE schema_name = '{LOCAL_SCHEMA}' AND table_name = {table} AND key_json = {key} AND deleted = 0);
+    AND NOT {server_may_hold};
   INSERT INTO _sync_dirty_rows(schema_name, table_name, key_json, op, base_row_version, payload)
-  SELECT '{LOCAL_SCHEMA}', {table}, rs.key_json, 'DELETE', rs.row_version, NULL
-  FROM _sync_row_state AS rs
-  WHERE rs.schema_name = '{LOCAL_SCHEMA}' AND rs.table_name = {table} AND rs.key_json = {key} AND rs.deleted = 0
-  ON CONFLICT(schema_name, table_name, key_json) DO UPDATE SET op = 'DELETE', payload = NULL;"
+  SELECT '{LOCAL_SCHEMA}', {table}, {key}, 'DELETE', IFNULL({version}, 0), NULL
+  WHERE {server_may_hold}
+  ON CONFLICT(schema_name, table_name, key_json) DO UPDATE SET op = 'DELETE', payload = NULL;",
+            version = self.row_state("row_version", &key),
         )
     }
 

@@ -54,6 +54,7 @@
 extern crate self as oversync_diesel;
 
 mod apply;
+mod bundle_check;
 mod codec;
 mod config;
 mod conflict;

@@ -16,6 +16,10 @@ pub struct OpenReport {
     pub source_id: String,
     /// Whether this call created the source id (the first open of this database).
     pub created_source: bool,
+    /// Whether this call gave the install a fresh source id because the database file is not
+    /// the one the previous source id was created in (a copy, a restored backup, a move to
+    /// another file system). Pending changes are kept and pushed under the new source.
+    pub source_rotated: bool,
 }
 
 impl Oversync<'_> {
@@ -48,17 +52,25 @@ impl Oversync<'_> {
             )
             .bind::<Text, _>(&source_id)
             .execute(conn)?;
+            // Recorded on the first open too, so a copy made right after it is noticed.
+            let source_rotated = check_file_identity(conn)?;
+            let source_id = if source_rotated {
+                state::attachment_state(conn)?.current_source_id
+            } else {
+                source_id
+            };
             // apply_mode is only ever set inside the runtime's own transactions; a 1 here
             // means a crash mid-apply, and leaving it would silently stop capture.
             conn.batch_execute("UPDATE _sync_apply_state SET apply_mode = 0 WHERE singleton_key = 1 AND apply_mode != 0")?;
             Ok(OpenReport {
                 source_id,
                 created_source,
+                source_rotated,
             })
         })?;
         self.rt.opened = true;
         self.rt.uuid_refs = uuid_refs;
-        tracing::debug!(source_id = %report.source_id, created = report.created_source, "oversync opened");
+        tracing::debug!(source_id = %report.source_id, created = report.created_source, rotated = report.source_rotated, "oversync opened");
         Ok(report)
     }
 
@@ -90,6 +102,83 @@ impl Oversync<'_> {
         self.rt.opened = false;
         Ok(())
     }
+}
+
+/// Records which file the database is and rotates the source when it changed since the last
+/// `open()`: two files holding one source id would push colliding bundles (the server answers
+/// the second as already committed with the first one's rows). Returns whether it rotated.
+///
+/// The identity is device and inode where the platform has them, else the path. A rename
+/// keeps the inode and rotates nothing; a copy, a restored backup or a move to another file
+/// system rotates, which loses nothing (the outbox and dirty rows are kept). In-memory and
+/// temporary databases have no file and are not checked.
+fn check_file_identity(conn: &mut SqliteConnection) -> Result<bool> {
+    #[derive(QueryableByName)]
+    struct MainFile {
+        #[diesel(sql_type = Text)]
+        file: String,
+    }
+    #[derive(QueryableByName)]
+    struct Stored {
+        #[diesel(sql_type = Text)]
+        database_path: String,
+        #[diesel(sql_type = Text)]
+        file_identity: String,
+    }
+    let main: Option<MainFile> =
+        sql_query("SELECT file FROM pragma_database_list WHERE name = 'main'")
+            .get_result(conn)
+            .optional()?;
+    let Some(path) = main.map(|m| m.file).filter(|f| !f.is_empty()) else {
+        return Ok(false);
+    };
+    let Some(identity) = file_identity(&path) else {
+        // Unreadable metadata: leave the recorded identity for a later open to compare.
+        return Ok(false);
+    };
+    let stored: Option<Stored> = sql_query(
+        "SELECT database_path, file_identity FROM _sync_install_identity WHERE singleton_key = 1",
+    )
+    .get_result(conn)
+    .optional()?;
+    let copied = stored.is_some_and(|s| !s.file_identity.is_empty() && s.file_identity != identity);
+    let mut rotated = false;
+    if copied {
+        if state::operation_state(conn)?.kind == "source_recovery" {
+            // rebuild() rotates anyway; a replacement reserved before the copy is shared
+            // with the other copy, so a fresh one is reserved instead.
+            conn.batch_execute(
+                "UPDATE _sync_operation_state SET replacement_source_id = '' WHERE singleton_key = 1",
+            )?;
+        } else {
+            state::rotate_source_locally(conn, state::RotationCause::FileCopied)?;
+            rotated = true;
+        }
+    }
+    sql_query(
+        "INSERT INTO _sync_install_identity(singleton_key, database_path, file_identity) VALUES (1, ?, ?) \
+         ON CONFLICT(singleton_key) DO UPDATE SET database_path = excluded.database_path, file_identity = excluded.file_identity",
+    )
+    .bind::<Text, _>(&path)
+    .bind::<Text, _>(&identity)
+    .execute(conn)?;
+    Ok(rotated)
+}
+
+/// Device and inode of the file at `path`: a copy gets a new inode, a rename keeps it.
+#[cfg(unix)]
+fn file_identity(path: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(format!("dev:{}:ino:{}", meta.dev(), meta.ino()))
+}
+
+/// Without inodes the path is the identity: a move rotates the source too (harmless).
+#[cfg(not(unix))]
+fn file_identity(path: &str) -> Option<String> {
+    std::fs::canonicalize(path)
+        .ok()
+        .map(|p| format!("path:{}", p.display()))
 }
 
 /// How [`Oversync::attach`] ended.

@@ -117,6 +117,17 @@ struct OutboxRow {
     local_payload: Option<String>,
 }
 
+/// What `fetch_committed` found.
+enum Fetched {
+    /// The bundle is staged and is exactly this outbox's intent.
+    Ours,
+    /// The bundle is below the server's retained history (`history_pruned`).
+    Pruned,
+    /// The server holds another install's bundle under this source tuple (a copied database);
+    /// nothing was applied. Says what differs.
+    AnotherInstalls(String),
+}
+
 enum Upload {
     Committed {
         bundle_seq: i64,
@@ -133,6 +144,7 @@ impl Oversync<'_> {
         self.ensure_attached()?;
         let mut conflicts_resolved = 0;
         let mut budget: Option<ConflictBudget> = None;
+        let mut rotated = false;
         loop {
             let Some(outbox) = self.freeze()? else {
                 return Ok(if conflicts_resolved > 0 {
@@ -182,17 +194,45 @@ impl Oversync<'_> {
                     }
                 }
             };
-            if !self.fetch_committed(bundle_seq, &bundle_hash).await? {
-                // Our bundle is below the retained floor: a snapshot at or after it contains
-                // it. One rebuild, then the outbox is done; a snapshot older than our own
-                // bundle means the server lost it, and the outbox stays for a later retry.
-                self.rebuild_after_pruned(bundle_seq, None).await?;
-                in_apply_transaction(self.conn, |conn| retire_outbox(conn, &outbox, bundle_seq))?;
-                return Ok(PushOutcome::Pushed {
-                    bundle_seq,
-                    rows_pushed: outbox.row_count.max(0) as u64,
-                    conflicts_resolved,
-                });
+            match self.fetch_committed(bundle_seq, &bundle_hash).await? {
+                Fetched::Ours => {}
+                Fetched::AnotherInstalls(why) if rotated => {
+                    // A source minted a moment ago cannot collide: the server changed the rows.
+                    return Err(invalid(format!(
+                        "bundle {bundle_seq} committed under a fresh source differs from what was sent: {why}"
+                    )));
+                }
+                Fetched::AnotherInstalls(why) => {
+                    rotated = true;
+                    // Another copy of this database pushed under the same source tuple: our
+                    // bundle was never committed. A fresh source carries the outbox again.
+                    self.conn.immediate_transaction(|conn| {
+                        state::rotate_source_locally(conn, state::RotationCause::SourceCollision)
+                    })?;
+                    self.emit(SyncEvent::RetryScheduled {
+                        attempt: conflicts_resolved + 1,
+                        delay: std::time::Duration::ZERO,
+                        reason: format!(
+                            "source collision, pushing again under a fresh source: {why}"
+                        ),
+                    });
+                    continue;
+                }
+                Fetched::Pruned => {
+                    // Our bundle is below the retained floor: a snapshot at or after it
+                    // contains it. One rebuild, then the outbox is done; a snapshot older than
+                    // our own bundle means the server lost it, and the outbox stays for a
+                    // later retry.
+                    self.rebuild_after_pruned(bundle_seq, None).await?;
+                    in_apply_transaction(self.conn, |conn| {
+                        retire_outbox(conn, &outbox, bundle_seq)
+                    })?;
+                    return Ok(PushOutcome::Pushed {
+                        bundle_seq,
+                        rows_pushed: outbox.row_count.max(0) as u64,
+                        conflicts_resolved,
+                    });
+                }
             }
             self.replay(&outbox, bundle_seq)?;
             return Ok(PushOutcome::Pushed {
@@ -456,9 +496,9 @@ impl Oversync<'_> {
         error.into()
     }
 
-    /// Fetches the committed bundle into `_sync_push_stage`, verifying `bundle_hash`.
-    /// `Ok(false)`: the bundle is below the server's retained history (`history_pruned`).
-    async fn fetch_committed(&mut self, bundle_seq: i64, expected_hash: &str) -> Result<bool> {
+    /// Fetches the committed bundle into `_sync_push_stage`, verifying `bundle_hash`, then
+    /// checks that it is this outbox's bundle (see `bundle_check`).
+    async fn fetch_committed(&mut self, bundle_seq: i64, expected_hash: &str) -> Result<Fetched> {
         let transport = self.transport()?;
         let source = state::attachment_state(self.conn)?.current_source_id;
         self.conn.batch_execute("DELETE FROM _sync_push_stage")?;
@@ -477,7 +517,7 @@ impl Oversync<'_> {
                 .await
             {
                 Ok(resp) => resp,
-                Err(e) if e.code() == Some(codes::HISTORY_PRUNED) => return Ok(false),
+                Err(e) if e.code() == Some(codes::HISTORY_PRUNED) => return Ok(Fetched::Pruned),
                 Err(e) => return Err(self.server_error(e)),
             };
             if resp.bundle_seq != bundle_seq || resp.bundle_hash != expected_hash {
@@ -511,7 +551,20 @@ impl Oversync<'_> {
                 "bundle {bundle_seq}: bundle_hash {actual} does not match {expected_hash}"
             )));
         }
-        Ok(true)
+        let config = self.config;
+        match crate::bundle_check::outbox_mismatch(
+            self.conn,
+            config,
+            &self.rt.uuid_refs,
+            bundle_seq,
+        )? {
+            None => Ok(Fetched::Ours),
+            Some(why) => {
+                tracing::warn!(bundle_seq, %why, "committed bundle is not this outbox's");
+                self.conn.batch_execute("DELETE FROM _sync_push_stage")?;
+                Ok(Fetched::AnotherInstalls(why))
+            }
+        }
     }
 
     fn stage_push_rows(

@@ -340,7 +340,10 @@ impl Oversync<'_> {
                 }
                 apply_effects(conn, effects, &Default::default())?;
             }
-            restore_intent(conn, refs, &intents)?;
+            // A prepared outbox kept under the same source is still pushed as it is.
+            let outbox_stays =
+                matches!(mode, SourceMode::Keep) && state::outbox_bundle(conn)?.state == "prepared";
+            restore_intent(conn, refs, &intents, outbox_stays)?;
             if let SourceMode::Rotate { replacement, .. } = mode {
                 switch_source(conn, source, replacement)?;
             }
@@ -444,10 +447,13 @@ fn local_intent(
 
 /// Puts local intent back on top of freshly applied server state: rows into the app's
 /// tables, and (for requeued intent) dirty rows based on the new `_sync_row_state`.
+/// `outbox_stays`: the frozen outbox is pushed later as it is, so a delete of a key it
+/// carries must follow it as a DELETE, even though the snapshot does not hold the key yet.
 fn restore_intent(
     conn: &mut SqliteConnection,
     refs: &crate::codec::UuidRefs,
     intents: &[Intent],
+    outbox_stays: bool,
 ) -> Result<()> {
     let mut effects = Vec::with_capacity(intents.len());
     for intent in intents {
@@ -476,8 +482,10 @@ fn restore_intent(
     for intent in intents.iter().filter(|i| i.requeue) {
         let sql = if intent.op == Op::Delete {
             "INSERT INTO _sync_dirty_rows(schema_name, table_name, key_json, op, base_row_version, payload) \
-             SELECT 'main', rs.table_name, rs.key_json, 'DELETE', rs.row_version, NULL FROM _sync_row_state AS rs \
-             WHERE rs.schema_name = 'main' AND rs.table_name = ?1 AND rs.key_json = ?2 AND rs.deleted = 0 AND ?3 IS NULL \
+             SELECT 'main', ?1, ?2, 'DELETE', IFNULL(rs.row_version, 0), NULL \
+             FROM (SELECT 1) LEFT JOIN _sync_row_state AS rs ON rs.schema_name = 'main' AND rs.table_name = ?1 AND rs.key_json = ?2 \
+             WHERE ?3 IS NULL AND (rs.deleted = 0 OR (?4 AND EXISTS (SELECT 1 FROM _sync_outbox_rows AS o \
+               WHERE o.table_name = ?1 AND o.key_json = ?2))) \
              ON CONFLICT(schema_name, table_name, key_json) DO UPDATE SET op = 'DELETE', payload = NULL, base_row_version = excluded.base_row_version"
         } else {
             "INSERT INTO _sync_dirty_rows(schema_name, table_name, key_json, op, base_row_version, payload) \
@@ -493,11 +501,17 @@ fn restore_intent(
                 .bind::<Text, _>(&intent.key_json)
                 .execute(conn)?;
         }
-        diesel::sql_query(sql)
+        let query = diesel::sql_query(sql)
+            .into_boxed::<Sqlite>()
             .bind::<Text, _>(intent.spec.table_name)
-            .bind::<Text, _>(&intent.key_json)
-            .bind::<diesel::sql_types::Nullable<Text>, _>(intent.local_payload.clone())
-            .execute(conn)?;
+            .bind::<Text, _>(intent.key_json.clone())
+            .bind::<diesel::sql_types::Nullable<Text>, _>(intent.local_payload.clone());
+        let query = if intent.op == Op::Delete {
+            query.bind::<diesel::sql_types::Bool, _>(outbox_stays)
+        } else {
+            query
+        };
+        query.execute(conn)?;
     }
     Ok(())
 }

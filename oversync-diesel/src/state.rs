@@ -142,3 +142,58 @@ pub(crate) fn dirty_keys(
         .map(|k| (k.table_name, k.key_json))
         .collect())
 }
+
+/// Why the source was rotated locally (recorded in logs and events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RotationCause {
+    /// `open()` found the database file is not the one the source id was created in (a copy,
+    /// a restored backup, or a move to another file system).
+    FileCopied,
+    /// The server answered this outbox's source tuple with another install's bundle.
+    SourceCollision,
+}
+
+/// Moves the install to a fresh source id the server has never seen, in one transaction the
+/// caller owns, keeping every local intent: a frozen outbox not (known to be) committed as
+/// this install's is re-tagged as bundle 1 of the new source, so the next push sends it again.
+///
+/// Nothing is announced to the server: another copy of this database may still use the old
+/// source, and a server-side replacement would be followed by that copy too (`source_retired`
+/// names the replacement), colliding again. A fresh unannounced source starts its own sequence.
+pub(crate) fn rotate_source_locally(
+    conn: &mut SqliteConnection,
+    cause: RotationCause,
+) -> QueryResult<String> {
+    let previous = attachment_state(conn)?.current_source_id;
+    let fresh = uuid::Uuid::new_v4().to_string();
+    sql_query("INSERT INTO _sync_source_state(source_id) VALUES (?)")
+        .bind::<Text, _>(&fresh)
+        .execute(conn)?;
+    sql_query("UPDATE _sync_source_state SET replaced_by_source_id = ? WHERE source_id = ?")
+        .bind::<Text, _>(&fresh)
+        .bind::<Text, _>(&previous)
+        .execute(conn)?;
+    sql_query("UPDATE _sync_attachment_state SET current_source_id = ? WHERE singleton_key = 1")
+        .bind::<Text, _>(&fresh)
+        .execute(conn)?;
+    // A collision means the "committed" bundle was someone else's: ours was never committed.
+    // A copy keeps a committed_remote outbox as it is: that bundle is on the server and both
+    // copies hold the same intent, so replaying it (checked row by row) is right for either.
+    let requeue_committed = cause == RotationCause::SourceCollision;
+    sql_query(
+        "UPDATE _sync_outbox_rows SET source_bundle_id = 1 WHERE EXISTS (SELECT 1 FROM _sync_outbox_bundle \
+         WHERE singleton_key = 1 AND (state = 'prepared' OR (state = 'committed_remote' AND ?)))",
+    )
+    .bind::<diesel::sql_types::Bool, _>(requeue_committed)
+    .execute(conn)?;
+    sql_query(
+        "UPDATE _sync_outbox_bundle SET state = 'prepared', source_id = ?, source_bundle_id = 1, \
+         canonical_request_hash = '', remote_bundle_hash = '', remote_bundle_seq = 0 \
+         WHERE singleton_key = 1 AND (state = 'prepared' OR (state = 'committed_remote' AND ?))",
+    )
+    .bind::<Text, _>(&fresh)
+    .bind::<diesel::sql_types::Bool, _>(requeue_committed)
+    .execute(conn)?;
+    tracing::warn!(?cause, %previous, current = %fresh, "oversync source rotated locally");
+    Ok(fresh)
+}

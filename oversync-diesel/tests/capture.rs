@@ -76,6 +76,48 @@ fn insert_then_delete_of_never_synced_row_leaves_nothing() {
 }
 
 #[test]
+fn delete_of_a_key_in_the_frozen_outbox_is_a_real_delete() {
+    let mut db = fresh_db(true);
+    let a = uuid(1);
+    exec(
+        &mut db.conn,
+        &format!("INSERT INTO authors VALUES ('{a}', 'Ann', NULL, NULL)"),
+    );
+    // A push froze the insert (as `freeze` does) and its outcome is unknown.
+    exec(
+        &mut db.conn,
+        "INSERT INTO _sync_outbox_rows(source_bundle_id, row_ordinal, schema_name, table_name, key_json, wire_key_json, op, base_row_version, local_payload) \
+         SELECT 1, 0, 'main', table_name, key_json, '', op, base_row_version, payload FROM _sync_dirty_rows; DELETE FROM _sync_dirty_rows;",
+    );
+    exec(
+        &mut db.conn,
+        &format!("UPDATE authors SET name = 'B' WHERE id = '{a}'"),
+    );
+    exec(
+        &mut db.conn,
+        &format!("DELETE FROM authors WHERE id = '{a}'"),
+    );
+    // The insert may commit: the delete must follow it, based on whatever version it gets.
+    let rows = dirty_rows(&mut db.conn);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].key_json, key(&a));
+    assert_eq!(rows[0].op, "DELETE");
+    assert_eq!(rows[0].base_row_version, 0);
+    assert!(rows[0].payload.is_none());
+    // A key no push carries still leaves nothing behind.
+    let b = uuid(2);
+    exec(
+        &mut db.conn,
+        &format!("INSERT INTO authors VALUES ('{b}', 'Bo', NULL, NULL)"),
+    );
+    exec(
+        &mut db.conn,
+        &format!("DELETE FROM authors WHERE id = '{b}'"),
+    );
+    assert_eq!(dirty_rows(&mut db.conn).len(), 1);
+}
+
+#[test]
 fn update_and_delete_of_synced_row_keep_base_version() {
     let mut db = fresh_db(true);
     let a = uuid(1);
