@@ -4,7 +4,17 @@
 //! (`409 push_conflict`). The [`ConflictResolver`] set on the connection decides per row:
 //! take the server's row, keep the local intent (rebased on the server version), or write an
 //! explicit merge. The push then retries with the same `source_bundle_id` (at most twice);
-//! an invalid merge or a third conflict fails closed with the local intent kept.
+//! an invalid resolution or a third conflict fails closed with the local intent kept.
+//!
+//! Invalid resolutions fail with [`Error::InvalidResolution`]: a merge that changes the key,
+//! misses a column or does not fit the column types, and [`Resolution::KeepLocal`] for a
+//! local *update* of a row the server has deleted (keeping the update would silently bring
+//! back a row another device deleted). Nothing is applied then: the frozen bundle goes back
+//! to the dirty set, the local row keeps the device's value, and later local edits coalesce
+//! with it. To recreate such a row on purpose, return [`Resolution::Merged`] with the full
+//! row (pushed as an insert over the deletion); to let the deletion win, return
+//! [`Resolution::AcceptServer`]. `KeepLocal` stays valid for a local insert over a deleted
+//! key (the device created the row anew) and for local deletes.
 //!
 //! A custom resolver can work with the app's own model type through serde:
 //!
@@ -85,7 +95,8 @@ impl Conflict {
 pub enum Resolution {
     /// Take the server's row (or its deletion); the local change is dropped.
     AcceptServer,
-    /// Keep the local change, rebased on the server's version.
+    /// Keep the local change, rebased on the server's version. Invalid for a local update
+    /// of a row the server deleted (see the [module docs](self)).
     KeepLocal,
     /// Write this full row locally and push it. BLOB columns may be byte arrays (model form)
     /// or base64 strings (wire form); the key must be the conflicting row's key.
@@ -131,7 +142,8 @@ impl ConflictResolver for ServerWins {
     }
 }
 
-/// The local change always wins, rebased on the server's version.
+/// The local change always wins, rebased on the server's version, except over a deletion
+/// on the server, which an update cannot undo ([`Resolution::KeepLocal`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ClientWins;
 

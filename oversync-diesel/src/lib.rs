@@ -63,6 +63,7 @@ mod events;
 mod handle;
 mod lifecycle;
 pub mod migrations;
+mod order;
 mod pull;
 mod push;
 mod snapshot;
