@@ -53,7 +53,7 @@ fn uuid_bytes(id: &str) -> Vec<u8> {
 
 /// Every row of the cascade and cycle tables, as text, sorted.
 fn dump(d: &mut Device) -> Vec<String> {
-    #[derive(QueryableByName)]
+    #[derive(diesel::QueryableByName)]
     struct Line {
         #[diesel(sql_type = diesel::sql_types::Text)]
         line: String,
@@ -115,7 +115,7 @@ fn moving_a_child_off_a_parent_deleted_in_the_same_push_keeps_the_child() {
             .execute(&mut *a.conn)
             .unwrap();
         diesel::update(categories::table.find(&c))
-            .set(categories::parent_id.eq(Some(&p2)))
+            .set(categories::parent_id.eq(Some(p2.as_str())))
             .execute(&mut *a.conn)
             .unwrap();
         diesel::delete(categories::table.find(&p))
@@ -289,13 +289,13 @@ fn apply(d: &mut Device, k: &Keys, edit: &Edit) {
                     .values((
                         categories::id.eq(&k.categories[*slot]),
                         categories::name.eq(format!("c{name}")),
-                        categories::parent_id.eq(&parent),
+                        categories::parent_id.eq(parent.clone()),
                     ))
                     .on_conflict(categories::id)
                     .do_update()
                     .set((
                         categories::name.eq(format!("c{name}")),
-                        categories::parent_id.eq(&parent),
+                        categories::parent_id.eq(parent.clone()),
                     ))
                     .execute(c)?;
             }
@@ -323,13 +323,13 @@ fn apply(d: &mut Device, k: &Keys, edit: &Edit) {
                     .values((
                         file_reviews::id.eq(&k.reviews[*slot]),
                         file_reviews::review.eq(format!("r{name}")),
-                        file_reviews::file_id.eq(&file),
+                        file_reviews::file_id.eq(file.clone()),
                     ))
                     .on_conflict(file_reviews::id)
                     .do_update()
                     .set((
                         file_reviews::review.eq(format!("r{name}")),
-                        file_reviews::file_id.eq(&file),
+                        file_reviews::file_id.eq(file.clone()),
                     ))
                     .execute(c)?;
             }
@@ -346,13 +346,13 @@ fn apply(d: &mut Device, k: &Keys, edit: &Edit) {
                     .values((
                         teams::id.eq(&k.teams[*slot]),
                         teams::name.eq(format!("t{name}")),
-                        teams::captain_member_id.eq(&captain),
+                        teams::captain_member_id.eq(captain.clone()),
                     ))
                     .on_conflict(teams::id)
                     .do_update()
                     .set((
                         teams::name.eq(format!("t{name}")),
-                        teams::captain_member_id.eq(&captain),
+                        teams::captain_member_id.eq(captain.clone()),
                     ))
                     .execute(c)?;
             }

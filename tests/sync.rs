@@ -344,7 +344,7 @@ async fn update_delete_and_delete_update_conflicts() {
 
 /// Rows in `_sync_dirty_rows` (captured, not frozen).
 fn dirty_rows(d: &mut Device) -> i64 {
-    #[derive(QueryableByName)]
+    #[derive(diesel::QueryableByName)]
     struct N {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,

@@ -96,7 +96,8 @@ impl PushOrder {
     }
 
     /// The rank of `table` (parents lower); unknown tables last.
-    pub(crate) fn rank(&self, table: &str) -> usize {
+    #[cfg(test)]
+    fn rank(&self, table: &str) -> usize {
         self.rank
             .get(&table.to_lowercase())
             .copied()
