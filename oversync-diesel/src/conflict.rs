@@ -95,8 +95,10 @@ impl Conflict {
 pub enum Resolution {
     /// Take the server's row (or its deletion); the local change is dropped.
     AcceptServer,
-    /// Keep the local change, rebased on the server's version. Invalid for a local update
-    /// of a row the server deleted (see the [module docs](self)).
+    /// Keep the local change, rebased on the server's version. Invalid (fails with
+    /// [`Error::InvalidResolution`], nothing applied) for a local update of a row the server
+    /// deleted: return [`Resolution::Merged`] with the full row to recreate it on purpose,
+    /// or [`Resolution::AcceptServer`] to let the deletion win.
     KeepLocal,
     /// Write this full row locally and push it. BLOB columns may be byte arrays (model form)
     /// or base64 strings (wire form); the key must be the conflicting row's key.
