@@ -212,21 +212,25 @@ async fn endpoint_faults(method: &str, pattern: &str, scenario: Scenario) {
                 if result.is_err() {
                     assert_eq!(local_state(&mut a), before, "{label}: local state changed");
                 } else {
+                    // remote_authoritative: the account's state replaces the anonymous rows.
                     assert!(
-                        matches!(result, Ok(AttachOutcome::UsedRemoteState { .. })),
+                        matches!(
+                            result,
+                            Ok(AttachOutcome::UsedRemoteState { discarded_local_rows, .. })
+                                if discarded_local_rows == before.pending_rows
+                        ),
                         "{label}: {result:?}"
                     );
                     let after = local_state(&mut a);
                     assert_eq!(
-                        after.pending_rows, before.pending_rows,
-                        "{label}: intent lost"
+                        after.pending_rows, 0,
+                        "{label}: anonymous rows still queued"
                     );
-                    for row in before.users.iter().chain(&before.posts) {
-                        assert!(
-                            after.users.contains(row) || after.posts.contains(row),
-                            "{label}: local row {row} lost by the rebuild"
-                        );
-                    }
+                    assert_eq!(
+                        (after.users, after.posts),
+                        (dump(&mut b, "users"), dump(&mut b, "posts")),
+                        "{label}: not the account's state"
+                    );
                 }
                 (a, b, outcome)
             }
@@ -269,14 +273,10 @@ async fn endpoint_faults(method: &str, pattern: &str, scenario: Scenario) {
         let (sa, sb) = (local_state(&mut a), local_state(&mut b));
         assert!(converged, "{label}: no convergence\n a: {sa:?}\n b: {sb:?}");
         assert_eq!(sa.pending_rows, 0, "{label}");
-        // Both devices' writes arrived exactly once: 2 users and 1 post per writer.
-        let writers = if scenario == Scenario::AttachHydrate {
-            2
-        } else {
-            1
-        };
-        assert_eq!(sa.users.len(), 2 * writers, "{label}: {sa:?}");
-        assert_eq!(sa.posts.len(), writers, "{label}: {sa:?}");
+        // The writer's rows arrived exactly once: 2 users and 1 post (a device hydrating
+        // from an account with data drops its anonymous rows instead of uploading them).
+        assert_eq!(sa.users.len(), 2, "{label}: {sa:?}");
+        assert_eq!(sa.posts.len(), 1, "{label}: {sa:?}");
         summary.push(format!("{fault:?}/{times:?}: {outcome}"));
     }
     println!(

@@ -83,7 +83,13 @@ async fn fresh_device_hydrates_many_chunks_with_bounded_memory() {
     let mut b = Device::new(&server, &name);
     let mut events = b.conn.subscribe();
     let outcome = b.conn.oversync().attach(&name).await.expect("attach b");
-    assert_eq!(outcome, AttachOutcome::UsedRemoteState { rows: n as u64 });
+    assert_eq!(
+        outcome,
+        AttachOutcome::UsedRemoteState {
+            rows: n as u64,
+            discarded_local_rows: 0
+        }
+    );
     assert_eq!(all_users(&mut b), all_users(&mut a));
     let mut chunks = 0;
     while let Ok(e) = events.try_recv() {

@@ -71,7 +71,13 @@ async fn two_devices_converge_after_offline_edits() {
 
     let mut b = Device::new(&server, &name);
     let outcome = b.conn.oversync().attach(&name).await.expect("attach b");
-    assert_eq!(outcome, AttachOutcome::UsedRemoteState { rows: 1 });
+    assert_eq!(
+        outcome,
+        AttachOutcome::UsedRemoteState {
+            rows: 1,
+            discarded_local_rows: 0
+        }
+    );
     assert_eq!(all_users(&mut b), all_users(&mut a));
 
     // Offline edits on both: disjoint rows.
@@ -353,7 +359,9 @@ async fn update_delete_and_delete_update_conflicts() {
     assert!(all_users(&mut a).is_empty());
     assert!(all_users(&mut b).is_empty());
 
-    // A deletes, B updates, B keeps its update (client wins) -> the row comes back on both.
+    // A deletes, B updates, B answers keep-local: an update cannot be kept on a row the
+    // server deleted (it would come back unasked). Fails closed: nothing applied, B's edit
+    // back in the dirty set; only an explicit merged row recreates it.
     let (mut a, mut b, id) = conflict_setup(&server, "du2").await;
     b.conn.set_conflict_resolver(ClientWins);
     diesel::delete(users::table.find(&id))
@@ -364,10 +372,73 @@ async fn update_delete_and_delete_update_conflicts() {
         .set(users::name.eq("revived"))
         .execute(&mut *b.conn)
         .unwrap();
+    match b.conn.oversync().sync().await {
+        Err(Error::InvalidResolution(why)) => assert!(why.contains("deleted"), "{why}"),
+        other => panic!("expected InvalidResolution, got {other:?}"),
+    }
+    assert_eq!(all_users(&mut b)[0].1, "revived", "local value untouched");
+    assert_eq!(
+        dirty_rows(&mut b),
+        1,
+        "the frozen bundle is a dirty row again"
+    );
+    assert!(all_users(&mut a).is_empty());
+    // An edit made now coalesces with the restored change (one row, newest value).
+    diesel::update(users::table.find(&id))
+        .set(users::name.eq("revived twice"))
+        .execute(&mut *b.conn)
+        .unwrap();
+    assert_eq!(dirty_rows(&mut b), 1);
+    b.conn.set_conflict_resolver(ReviveExplicitly);
     sync(&mut b).await;
     sync(&mut a).await;
     assert_eq!(all_users(&mut a), all_users(&mut b));
-    assert_eq!(all_users(&mut a)[0].1, "revived");
+    assert_eq!(all_users(&mut a)[0].1, "revived twice");
+
+    // The same refusal, then accepting the server's delete: gone on both.
+    let (mut a, mut b, id) = conflict_setup(&server, "du3").await;
+    b.conn.set_conflict_resolver(ClientWins);
+    diesel::delete(users::table.find(&id))
+        .execute(&mut *a.conn)
+        .unwrap();
+    sync(&mut a).await;
+    diesel::update(users::table.find(&id))
+        .set(users::name.eq("edited"))
+        .execute(&mut *b.conn)
+        .unwrap();
+    assert!(matches!(
+        b.conn.oversync().sync().await,
+        Err(Error::InvalidResolution(_))
+    ));
+    b.conn.set_conflict_resolver(oversync_diesel::ServerWins);
+    sync(&mut b).await;
+    assert!(all_users(&mut b).is_empty());
+    assert_eq!(dirty_rows(&mut b), 0);
+}
+
+/// Rows in `_sync_dirty_rows` (captured, not frozen).
+fn dirty_rows(d: &mut Device) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query("SELECT COUNT(*) AS n FROM _sync_dirty_rows")
+        .get_result::<N>(&mut *d.conn)
+        .unwrap()
+        .n
+}
+
+/// Recreates a row the server deleted by returning the local row as an explicit merge.
+struct ReviveExplicitly;
+
+impl ConflictResolver for ReviveExplicitly {
+    fn resolve(&self, conflict: &Conflict) -> Resolution {
+        match &conflict.local_row {
+            Some(row) if conflict.server_row_deleted => Resolution::Merged(row.clone()),
+            _ => Resolution::AcceptServer,
+        }
+    }
 }
 
 /// Merges on the app's own model type: name from the server, email from this device.
@@ -817,7 +888,10 @@ async fn restart_between_commit_and_replay_resumes_without_loss_or_duplication()
     let mut b = Device::new(&server, &name);
     assert_eq!(
         b.conn.oversync().attach(&name).await.unwrap(),
-        AttachOutcome::UsedRemoteState { rows: 30 }
+        AttachOutcome::UsedRemoteState {
+            rows: 30,
+            discarded_local_rows: 0
+        }
     );
     sync(&mut a).await;
     let report = sync(&mut b).await;

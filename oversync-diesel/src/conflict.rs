@@ -8,6 +8,16 @@
 //! before in this push (bounded by the bundle's row count, plus two for rows that conflict
 //! again); an invalid merge or an exhausted budget fails closed with the local intent kept.
 //!
+//! Invalid resolutions fail with [`Error::InvalidResolution`]: a merge that changes the key,
+//! misses a column or does not fit the column types, and [`Resolution::KeepLocal`] for a
+//! local *update* of a row the server has deleted (keeping the update would silently bring
+//! back a row another device deleted). Nothing is applied then: the frozen bundle goes back
+//! to the dirty set, the local row keeps the device's value, and later local edits coalesce
+//! with it. To recreate such a row on purpose, return [`Resolution::Merged`] with the full
+//! row (pushed as an insert over the deletion); to let the deletion win, return
+//! [`Resolution::AcceptServer`]. `KeepLocal` stays valid for a local insert over a deleted
+//! key (the device created the row anew) and for local deletes.
+//!
 //! A custom resolver can work with the app's own model type through serde:
 //!
 //! ```
@@ -87,7 +97,10 @@ impl Conflict {
 pub enum Resolution {
     /// Take the server's row (or its deletion); the local change is dropped.
     AcceptServer,
-    /// Keep the local change, rebased on the server's version.
+    /// Keep the local change, rebased on the server's version. Invalid (fails with
+    /// [`Error::InvalidResolution`], nothing applied) for a local update of a row the server
+    /// deleted: return [`Resolution::Merged`] with the full row to recreate it on purpose,
+    /// or [`Resolution::AcceptServer`] to let the deletion win.
     KeepLocal,
     /// Write this full row locally and push it. BLOB columns may be byte arrays (model form)
     /// or base64 strings (wire form); the key must be the conflicting row's key.
@@ -133,7 +146,8 @@ impl ConflictResolver for ServerWins {
     }
 }
 
-/// The local change always wins, rebased on the server's version.
+/// The local change always wins, rebased on the server's version, except over a deletion
+/// on the server, which an update cannot undo ([`Resolution::KeepLocal`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ClientWins;
 

@@ -65,6 +65,8 @@ pub(crate) struct Runtime {
     pub events: broadcast::Sender<SyncEvent>,
     pub limits: Option<BundleCapabilitiesLimits>,
     pub uuid_refs: crate::codec::UuidRefs,
+    /// Row order of push bundles, from the foreign keys `open()` read.
+    pub push_order: crate::order::PushOrder,
 }
 
 impl OversyncConnection {
@@ -96,6 +98,7 @@ impl OversyncConnection {
                 events: broadcast::channel(1024).0,
                 limits: None,
                 uuid_refs: Default::default(),
+                push_order: Default::default(),
             },
             database_url: None,
         })

@@ -64,6 +64,7 @@ mod events;
 mod handle;
 mod lifecycle;
 pub mod migrations;
+mod order;
 mod pull;
 mod push;
 mod snapshot;

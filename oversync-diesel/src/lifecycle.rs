@@ -30,7 +30,7 @@ impl Oversync<'_> {
     /// Fails with a [`SchemaError`](crate::SchemaError) naming the table and column when the
     /// database does not match; in that case no `_sync_*` state is changed.
     pub fn open(&mut self) -> Result<OpenReport> {
-        let uuid_refs = validate(self.conn, self.config)?;
+        let (uuid_refs, push_order) = validate(self.conn, self.config)?;
         let schema = self.config.schema().to_string();
         let report = self.conn.immediate_transaction(|conn| -> Result<OpenReport> {
             let attachment = state::attachment_state(conn)?;
@@ -70,6 +70,7 @@ impl Oversync<'_> {
         })?;
         self.rt.opened = true;
         self.rt.uuid_refs = uuid_refs;
+        self.rt.push_order = push_order;
         tracing::debug!(source_id = %report.source_id, created = report.created_source, rotated = report.source_rotated, "oversync opened");
         Ok(report)
     }
@@ -186,10 +187,17 @@ fn file_identity(path: &str) -> Option<String> {
 pub enum AttachOutcome {
     /// This user was already attached; nothing changed.
     Resumed,
-    /// The account already had data on the server: local tables now hold it (a snapshot).
+    /// The account already had data on the server: local tables now hold it (a snapshot),
+    /// replacing whatever this device held before. Changes made on this device before the
+    /// attach (while anonymous) are dropped, not uploaded into the account: the protocol's
+    /// `remote_authoritative` means the account's state wins. An app that wants to carry
+    /// them over reads them before `attach` and writes them again afterwards, which makes
+    /// the upload explicit.
     UsedRemoteState {
         /// Rows hydrated.
         rows: u64,
+        /// Local rows changed before the attach that were dropped (0 when there were none).
+        discarded_local_rows: u64,
     },
     /// The account was empty on the server and this device's local rows will seed it with
     /// the next push.
@@ -218,6 +226,13 @@ impl Oversync<'_> {
     /// Attaches this install to `user_id` (the signed-in user): checks the server's
     /// capabilities (failing closed on another protocol), then resolves the account's state
     /// with `POST /sync/connect`. Call it on every launch with a signed-in user.
+    ///
+    /// When the account already has data (`remote_authoritative`) the install first records
+    /// a pending remote replace for `user_id` (app writes to synced tables then fail with
+    /// `SYNC_TRANSITION_PENDING`), then hydrates from a snapshot; the swap drops the local
+    /// rows and binds the user in one transaction. If hydration fails or the app is killed,
+    /// the install stays anonymous with its local rows untouched: calling `attach` again
+    /// with the same user resumes the hydration, and attaching another user abandons it.
     pub async fn attach(&mut self, user_id: &str) -> Result<AttachOutcome> {
         self.ensure_open()?;
         if user_id.trim().is_empty() {
@@ -237,12 +252,24 @@ impl Oversync<'_> {
                 .await?;
             if attachment.rebuild_required != 0 {
                 let report = self.rebuild_keep_source().await?;
-                return Ok(AttachOutcome::UsedRemoteState { rows: report.rows });
+                return Ok(AttachOutcome::UsedRemoteState {
+                    rows: report.rows,
+                    discarded_local_rows: 0,
+                });
             }
             return Ok(AttachOutcome::Resumed);
         }
         let source = attachment.current_source_id;
         self.refresh_capabilities(&source).await?;
+        let operation = state::operation_state(self.conn)?;
+        if operation.kind == "remote_replace" {
+            if operation.target_user_id == user_id {
+                // The server already answered remote_authoritative for this user.
+                return self.replace_with_remote(user_id).await;
+            }
+            // Nothing local was replaced yet: the device is anonymous with its own rows.
+            set_remote_replace(self.conn, None)?;
+        }
         let pending = state::pending_row_count(self.conn)?;
         let transport = self.transport()?;
         let answer = transport
@@ -282,13 +309,30 @@ impl Oversync<'_> {
                 Ok(AttachOutcome::SeededFromLocal)
             }
             R::RemoteAuthoritative => {
-                // Bound with rebuild_required first: a crash mid-hydration resumes it on the
-                // next attach instead of leaving a half-empty database.
-                self.bind(user_id, "", true)?;
-                let report = self.rebuild_keep_source().await?;
-                Ok(AttachOutcome::UsedRemoteState { rows: report.rows })
+                // Recorded first: a failure or crash mid-hydration leaves the install
+                // anonymous with this pending replace, which the next attach resumes.
+                set_remote_replace(self.conn, Some(user_id))?;
+                self.replace_with_remote(user_id).await
             }
         }
+    }
+
+    /// Hydrates the pending remote replace for `user_id`: the snapshot replaces every synced
+    /// table, pending local rows are dropped, and the user is bound, in one transaction.
+    async fn replace_with_remote(&mut self, user_id: &str) -> Result<AttachOutcome> {
+        // Stable until the swap: the guard triggers refuse app writes meanwhile.
+        let discarded_local_rows = state::pending_row_count(self.conn)?;
+        let report = self.rebuild_replacing_local(user_id).await?;
+        if discarded_local_rows > 0 {
+            tracing::info!(
+                discarded_local_rows,
+                "attach: the account's state replaced this device's unsynced rows"
+            );
+        }
+        Ok(AttachOutcome::UsedRemoteState {
+            rows: report.rows,
+            discarded_local_rows,
+        })
     }
 
     async fn refresh_capabilities(&mut self, source: &str) -> Result<()> {
@@ -312,15 +356,7 @@ impl Oversync<'_> {
         initialization_id: &str,
         rebuild_required: bool,
     ) -> Result<()> {
-        diesel::sql_query(
-            "UPDATE _sync_attachment_state SET binding_state = 'attached', attached_user_id = ?, \
-             pending_initialization_id = ?, rebuild_required = ? WHERE singleton_key = 1",
-        )
-        .bind::<Text, _>(user_id)
-        .bind::<Text, _>(initialization_id)
-        .bind::<diesel::sql_types::Integer, _>(i32::from(rebuild_required))
-        .execute(self.conn)?;
-        Ok(())
+        bind_user(self.conn, user_id, initialization_id, rebuild_required)
     }
 
     /// Detaches the user: clears the synced tables and sync state and returns to anonymous.
@@ -395,6 +431,46 @@ impl Oversync<'_> {
         let pull = self.pull_to_stable().await?;
         Ok(SyncReport { push, pull })
     }
+}
+
+fn bind_user(
+    conn: &mut SqliteConnection,
+    user_id: &str,
+    initialization_id: &str,
+    rebuild_required: bool,
+) -> Result<()> {
+    diesel::sql_query(
+        "UPDATE _sync_attachment_state SET binding_state = 'attached', attached_user_id = ?, \
+         pending_initialization_id = ?, rebuild_required = ? WHERE singleton_key = 1",
+    )
+    .bind::<Text, _>(user_id)
+    .bind::<Text, _>(initialization_id)
+    .bind::<diesel::sql_types::Integer, _>(i32::from(rebuild_required))
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Records (`Some(user)`) or abandons (`None`) a pending remote replace.
+fn set_remote_replace(conn: &mut SqliteConnection, user_id: Option<&str>) -> Result<()> {
+    diesel::sql_query(
+        "UPDATE _sync_operation_state SET kind = ?, target_user_id = ?, reason = '' WHERE singleton_key = 1",
+    )
+    .bind::<Text, _>(if user_id.is_some() { "remote_replace" } else { "none" })
+    .bind::<Text, _>(user_id.unwrap_or(""))
+    .execute(conn)?;
+    Ok(())
+}
+
+/// The end of a remote replace, inside the snapshot swap transaction (after the snapshot's
+/// rows are written): the local intent is gone, the user is bound, the replace is done.
+pub(crate) fn finish_remote_replace(conn: &mut SqliteConnection, user_id: &str) -> Result<()> {
+    conn.batch_execute(
+        "DELETE FROM _sync_dirty_rows; DELETE FROM _sync_outbox_rows;
+         UPDATE _sync_outbox_bundle SET state = 'none', source_id = '', source_bundle_id = 0, row_count = 0,
+           initialization_id = '', canonical_request_hash = '', remote_bundle_hash = '', remote_bundle_seq = 0 WHERE singleton_key = 1;",
+    )?;
+    bind_user(conn, user_id, "", false)?;
+    set_remote_replace(conn, None)
 }
 
 /// What [`Oversync::sync`] did.

@@ -1,7 +1,8 @@
 //! Push: capture -> outbox -> upload -> commit -> fetch committed bundle -> replay.
 //!
-//! 1. `freeze`: the dirty set moves into `_sync_outbox_rows` in first-touch order, in one
-//!    transaction, tagged with the next `source_bundle_id`. The outbox survives restarts: a
+//! 1. `freeze`: the dirty set moves into `_sync_outbox_rows` in foreign-key order (upserts
+//!    parents first, then deletes children first; first-touch order within a table's rank, see
+//!    `order`), in one transaction, tagged with the next `source_bundle_id`. The outbox survives restarts: a
 //!    later call resumes it instead of collecting again.
 //! 2. `upload`: a push session, contiguous chunks within the server's limit, commit. The
 //!    committed `bundle_seq` and `bundle_hash` are stored (`committed_remote`) before
@@ -261,6 +262,7 @@ impl Oversync<'_> {
     /// Freezes the dirty set into the outbox, or returns the outbox already frozen.
     fn freeze(&mut self) -> Result<Option<state::OutboxBundle>> {
         let schema = self.config.schema().to_string();
+        let order_by = self.rt.push_order.order_by_sql();
         self.conn.immediate_transaction(|conn| -> Result<Option<state::OutboxBundle>> {
             let outbox = state::outbox_bundle(conn)?;
             if outbox.state != "none" {
@@ -268,11 +270,12 @@ impl Oversync<'_> {
             }
             let attachment = state::attachment_state(conn)?;
             let source_bundle_id = state::next_source_bundle_id(conn, &attachment.current_source_id)?;
-            let frozen = diesel::sql_query(
+            // Foreign-key order (see `order`): upserts parents first, deletes children first.
+            let frozen = diesel::sql_query(format!(
                 "INSERT INTO _sync_outbox_rows(source_bundle_id, row_ordinal, schema_name, table_name, key_json, wire_key_json, op, base_row_version, local_payload, wire_payload) \
-                 SELECT ?, ROW_NUMBER() OVER (ORDER BY dirty_ordinal) - 1, ?, table_name, key_json, '', op, base_row_version, payload, NULL \
+                 SELECT ?, ROW_NUMBER() OVER (ORDER BY {order_by}) - 1, ?, table_name, key_json, '', op, base_row_version, payload, NULL \
                  FROM _sync_dirty_rows",
-            )
+            ))
             .bind::<BigInt, _>(source_bundle_id)
             .bind::<Text, _>(&schema)
             .execute(conn)?;
@@ -737,9 +740,26 @@ impl Oversync<'_> {
             server_row: server_row.clone(),
         };
         let resolution = self.rt.resolver.resolve(&conflict);
-        let merged = match &resolution {
-            Resolution::Merged(row) => Some(merged_to_wire(spec, &refs, &wire_key, row)?),
-            _ => None,
+        let checked = match &resolution {
+            Resolution::Merged(row) => merged_to_wire(spec, &refs, &wire_key, row).map(Some),
+            // An update cannot be kept on a row the server deleted: that would bring the row
+            // back without anyone asking for it. Reviving takes an explicit `Merged` row.
+            Resolution::KeepLocal if local_op == Op::Update && details.server_row_deleted => {
+                Err(Error::InvalidResolution(format!(
+                    "{}: keep_local for an update of {wire_key}, which the server deleted (accept the delete, or return a merged row to recreate it)",
+                    spec.table_name
+                )))
+            }
+            _ => Ok(None),
+        };
+        let merged = match checked {
+            Ok(merged) => merged,
+            Err(e) => {
+                // Fail closed as the reference clients do: the frozen bundle goes back to
+                // the dirty set (nothing applied), so later local edits coalesce with it.
+                self.conn.immediate_transaction(restore_outbox_to_dirty)?;
+                return Err(e);
+            }
         };
         let server_version = details.server_row_version;
         let server_deleted = details.server_row_deleted;
@@ -966,6 +986,34 @@ fn write_unless_parent_missing(
 }
 
 const PARENT_NOT_PULLED: &str = "resolved row references a parent not pulled yet";
+
+/// Puts a rejected, uncommitted outbox back into the dirty set, ahead of changes captured
+/// since the freeze (which are newer for their keys and win), and clears the outbox. The
+/// source's bundle sequence did not advance, so the next freeze reuses the same id.
+fn restore_outbox_to_dirty(conn: &mut SqliteConnection) -> Result<()> {
+    #[derive(QueryableByName)]
+    struct First {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let first: First = diesel::sql_query(
+        "SELECT IFNULL((SELECT MIN(dirty_ordinal) FROM _sync_dirty_rows), 1) - (SELECT COUNT(*) FROM _sync_outbox_rows) - 1 AS n",
+    )
+    .get_result(conn)?;
+    diesel::sql_query(
+        "INSERT INTO _sync_dirty_rows(dirty_ordinal, schema_name, table_name, key_json, op, base_row_version, payload) \
+         SELECT ? + row_ordinal, 'main', table_name, key_json, op, base_row_version, local_payload FROM _sync_outbox_rows \
+         WHERE true ORDER BY row_ordinal ON CONFLICT(schema_name, table_name, key_json) DO NOTHING",
+    )
+    .bind::<BigInt, _>(first.n)
+    .execute(conn)?;
+    conn.batch_execute(
+        "DELETE FROM _sync_outbox_rows; DELETE FROM _sync_push_stage;
+         UPDATE _sync_outbox_bundle SET state = 'none', source_id = '', source_bundle_id = 0, row_count = 0, \
+           initialization_id = '', canonical_request_hash = '', remote_bundle_hash = '', remote_bundle_seq = 0 WHERE singleton_key = 1;",
+    )?;
+    Ok(())
+}
 
 /// Removes one outbox row and closes the gap so ordinals stay contiguous.
 fn remove_outbox_row(conn: &mut SqliteConnection, ordinal: i64) -> Result<()> {

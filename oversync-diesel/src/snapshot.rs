@@ -58,6 +58,9 @@ enum SourceMode {
     Keep,
     /// Rotate to the reserved replacement source after the swap commits.
     Rotate { reason: String, replacement: String },
+    /// Attach to an account that has data (`remote_authoritative`): local intent is dropped
+    /// and the user bound in the swap transaction.
+    ReplaceLocal { user_id: String },
 }
 
 impl Oversync<'_> {
@@ -143,6 +146,15 @@ impl Oversync<'_> {
         verdict
     }
 
+    /// Remote-authoritative hydration on attach: the snapshot replaces local rows and
+    /// pending intent, and `user_id` is bound, in one transaction.
+    pub(crate) async fn rebuild_replacing_local(&mut self, user_id: &str) -> Result<RebuildReport> {
+        self.rebuild_with(SourceMode::ReplaceLocal {
+            user_id: user_id.to_string(),
+        })
+        .await
+    }
+
     async fn rebuild_with(&mut self, mode: SourceMode) -> Result<RebuildReport> {
         let (source, session) = self.open_snapshot_session(&mode).await?;
         self.finish_rebuild(&source, &session, &mode).await
@@ -156,7 +168,9 @@ impl Oversync<'_> {
         let transport = self.transport()?;
         let source = state::attachment_state(self.conn)?.current_source_id;
         let request = match mode {
-            SourceMode::Keep => SnapshotSessionCreateRequest::default(),
+            SourceMode::Keep | SourceMode::ReplaceLocal { .. } => {
+                SnapshotSessionCreateRequest::default()
+            }
             SourceMode::Rotate {
                 reason,
                 replacement,
@@ -299,7 +313,10 @@ impl Oversync<'_> {
         let seq = session.snapshot_bundle_seq;
         let (changed, apply_peak) = in_apply_transaction(self.conn, |conn| {
             let mut apply_peak = 0u64;
-            let intents = local_intent(conn, config, mode)?;
+            let intents = match mode {
+                SourceMode::ReplaceLocal { .. } => Vec::new(),
+                _ => local_intent(conn, config, mode)?,
+            };
             for spec in config.tables() {
                 conn.batch_execute(&format!(
                     "DELETE FROM \"{}\"",
@@ -344,8 +361,12 @@ impl Oversync<'_> {
             let outbox_stays =
                 matches!(mode, SourceMode::Keep) && state::outbox_bundle(conn)?.state == "prepared";
             restore_intent(conn, refs, &intents, outbox_stays)?;
-            if let SourceMode::Rotate { replacement, .. } = mode {
-                switch_source(conn, source, replacement)?;
+            match mode {
+                SourceMode::Rotate { replacement, .. } => switch_source(conn, source, replacement)?,
+                SourceMode::ReplaceLocal { user_id } => {
+                    crate::lifecycle::finish_remote_replace(conn, user_id)?
+                }
+                SourceMode::Keep => {}
             }
             diesel::sql_query("DELETE FROM _sync_snapshot_stage WHERE snapshot_id = ?")
                 .bind::<Text, _>(&snapshot_id)

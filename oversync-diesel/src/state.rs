@@ -36,11 +36,14 @@ pub(crate) struct OperationState {
     pub reason: String,
     #[diesel(sql_type = Text)]
     pub replacement_source_id: String,
+    /// The user a pending `remote_replace` hydrates for.
+    #[diesel(sql_type = Text)]
+    pub target_user_id: String,
 }
 
 pub(crate) fn operation_state(conn: &mut SqliteConnection) -> QueryResult<OperationState> {
     sql_query(
-        "SELECT kind, reason, replacement_source_id FROM _sync_operation_state WHERE singleton_key = 1",
+        "SELECT kind, reason, replacement_source_id, target_user_id FROM _sync_operation_state WHERE singleton_key = 1",
     )
     .get_result(conn)
 }

@@ -4,6 +4,7 @@
 use crate::codec::UuidRefs;
 use crate::config::OversyncConfig;
 use crate::error::{Error, SchemaError};
+use crate::order::PushOrder;
 use crate::table::{KeyKind, TableSpec};
 use diesel::prelude::*;
 use diesel::sql_types::{Integer, Nullable, Text};
@@ -65,11 +66,12 @@ fn object_sql(
 }
 
 /// Checks everything; returns the first problem found, table by table in config order.
-/// On success returns the BLOB foreign-key columns, which hold UUIDs.
+/// On success returns the BLOB foreign-key columns, which hold UUIDs, and the order pushes
+/// carry rows in (from the foreign keys between the managed tables).
 pub(crate) fn validate(
     conn: &mut SqliteConnection,
     config: &OversyncConfig,
-) -> Result<UuidRefs, Error> {
+) -> Result<(UuidRefs, PushOrder), Error> {
     for table in METADATA_TABLES {
         if object_sql(conn, "table", table)?.is_none() {
             return Err(SchemaError::MetadataMissing {
@@ -79,12 +81,20 @@ pub(crate) fn validate(
         }
     }
     let mut refs = UuidRefs::new();
+    let mut edges = Vec::new();
     for spec in config.tables() {
-        let blob_fks = validate_table(conn, config, spec)?;
+        let (blob_fks, parents) = validate_table(conn, config, spec)?;
         if !blob_fks.is_empty() {
             refs.insert(spec.table_name, blob_fks);
         }
+        edges.extend(
+            parents
+                .into_iter()
+                .map(|p| (spec.table_name.to_string(), p)),
+        );
     }
+    let names: Vec<&str> = config.tables().iter().map(|t| t.table_name).collect();
+    let order = PushOrder::new(&names, &edges);
     let stored = crate::state::attachment_state(conn)?.schema_name;
     if !stored.is_empty() && stored != config.schema() {
         return Err(SchemaError::SchemaNameMismatch {
@@ -93,14 +103,15 @@ pub(crate) fn validate(
         }
         .into());
     }
-    Ok(refs)
+    Ok((refs, order))
 }
 
+/// Checks one table; returns its BLOB foreign-key columns and the tables it references.
 fn validate_table(
     conn: &mut SqliteConnection,
     config: &OversyncConfig,
     spec: &TableSpec,
-) -> Result<std::collections::HashSet<String>, Error> {
+) -> Result<(std::collections::HashSet<String>, Vec<String>), Error> {
     let table = spec.table_name.to_string();
     if object_sql(conn, "table", spec.table_name)?.is_none() {
         return Err(SchemaError::TableMissing { table }.into());
@@ -181,6 +192,7 @@ fn validate_table(
     .bind::<Text, _>(spec.table_name)
     .load(conn)?;
     let mut blob_fks = std::collections::HashSet::new();
+    let mut parents = Vec::new();
     for fk in foreign_keys {
         if spec.column(&fk.from_column).is_some_and(|c| c.is_blob) {
             blob_fks.insert(fk.from_column.to_lowercase());
@@ -193,6 +205,7 @@ fn validate_table(
             }
             .into());
         }
+        parents.push(fk.to_table);
     }
 
     let registered = sql_query(
@@ -225,7 +238,7 @@ fn validate_table(
             }
         }
     }
-    Ok(blob_fks)
+    Ok((blob_fks, parents))
 }
 
 fn normalize_sql(sql: &str) -> String {
