@@ -1,4 +1,6 @@
 -- Removes all oversync state. Run the per-table trigger migrations' down.sql first.
+-- quarantine (appended last in up.sql)
+DROP TABLE IF EXISTS _sync_quarantine;
 DROP TABLE IF EXISTS _sync_snapshot_stage;
 DROP TABLE IF EXISTS _sync_push_stage;
 DROP TABLE IF EXISTS _sync_outbox_rows;

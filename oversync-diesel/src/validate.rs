@@ -22,6 +22,7 @@ pub(crate) const METADATA_TABLES: &[&str] = &[
     "_sync_outbox_rows",
     "_sync_push_stage",
     "_sync_snapshot_stage",
+    "_sync_quarantine",
 ];
 
 #[derive(QueryableByName)]
