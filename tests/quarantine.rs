@@ -16,13 +16,7 @@ use oversync_e2e::*;
 use std::time::Duration;
 
 async fn local_server() -> Server {
-    local_server_with(|_| {}).await
-}
-
-async fn local_server_with(
-    configure: impl FnOnce(&mut oversync_testkit::DemoConfig) + Send + 'static,
-) -> Server {
-    let local = oversync_testkit::TestServer::start_async_with(configure)
+    let local = oversync_testkit::TestServer::start_async()
         .await
         .expect("start the example server");
     Server::from_local(local)
@@ -284,7 +278,7 @@ async fn server_type_refusal_quarantines_and_retry_after_fix_pushes() {
     let rows = quarantined(&mut a);
     assert_eq!(rows.len(), 1, "{rows:#?}");
     assert_eq!(rows[0].op, oversync_diesel::protocol::Op::Update);
-    assert_eq!(rows[0].base_row_version > 0, true);
+    assert!(rows[0].base_row_version > 0);
     insert_user(&mut a, &new_id(), "pending-during-discard");
     a.conn.oversync().discard_quarantined(rows[0].id).unwrap();
     assert!(quarantined(&mut a).is_empty());
@@ -313,7 +307,11 @@ async fn server_type_refusal_quarantines_and_retry_after_fix_pushes() {
 /// shrinking the row works; discarding an insert the server never had deletes it locally.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_large_row_is_quarantined_and_the_rest_pushed() {
-    let server = local_server_with(|c| c.limits.max_body_bytes = 64 * 1024).await;
+    let local =
+        oversync_testkit::TestServer::start_async_with(|c| c.limits.max_body_bytes = 64 * 1024)
+            .await
+            .expect("start the example server");
+    let server = Server::from_local(local);
     let user = fresh_user("quarantine-large");
     let mut a = attached(&server, &user).await;
     let big = "x".repeat(100 * 1024);
@@ -349,7 +347,10 @@ async fn too_large_row_is_quarantined_and_the_rest_pushed() {
 
     // Shrink the row, retry.
     diesel::update(users::table.find(&bad))
-        .set(users::name.eq("shrunk"))
+        .set((
+            users::name.eq("shrunk"),
+            users::email.eq("shrunk@example.com"),
+        ))
         .execute(&mut *a.conn)
         .unwrap();
     a.conn.oversync().retry_quarantined(rows[0].id).unwrap();

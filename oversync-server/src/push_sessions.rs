@@ -51,52 +51,50 @@ fn prepare_row(
     row: &PushRequestRow,
     seen: &mut HashSet<(i32, String)>,
 ) -> Result<PreparedRow, String> {
-    {
-        let schema = match row.schema.trim().to_ascii_lowercase() {
-            s if s.is_empty() => "public".to_owned(),
-            s => s,
-        };
-        let table = row.table.trim().to_ascii_lowercase();
-        if !is_valid_identifier(&schema) {
-            return Err(format!("invalid schema name {:?}", row.schema));
-        }
-        if !is_valid_identifier(&table) {
-            return Err(format!("invalid table name {:?}", row.table));
-        }
-        let info = registry
-            .by_name(&schema, &table)
-            .ok_or_else(|| format!("table {schema}.{table} is not registered"))?;
-        let key_text = normalize_key(info, &row.key)?;
-        if !seen.insert((info.id, key_text.clone())) {
-            return Err(format!(
-                "duplicate target row in push request: {schema}.{table} {key_text}"
-            ));
-        }
-        if row.base_row_version < 0 {
-            return Err(format!(
-                "base_row_version for {schema}.{table} {key_text} must be >= 0"
-            ));
-        }
-        let payload = match (row.op, &row.payload) {
-            (Op::Delete, None | Some(Value::Null)) => None,
-            (Op::Delete, Some(_)) => {
-                return Err(format!(
-                    "DELETE for {schema}.{table} must not include payload"
-                ));
-            }
-            (op, None | Some(Value::Null)) => {
-                return Err(format!("{op} for {schema}.{table} requires payload"));
-            }
-            (_, Some(p)) => Some(db_payload_from_wire(info, &key_text, p)?),
-        };
-        Ok(PreparedRow {
-            table_id: info.id,
-            key_text,
-            op: row.op,
-            base_row_version: row.base_row_version,
-            payload,
-        })
+    let schema = match row.schema.trim().to_ascii_lowercase() {
+        s if s.is_empty() => "public".to_owned(),
+        s => s,
+    };
+    let table = row.table.trim().to_ascii_lowercase();
+    if !is_valid_identifier(&schema) {
+        return Err(format!("invalid schema name {:?}", row.schema));
     }
+    if !is_valid_identifier(&table) {
+        return Err(format!("invalid table name {:?}", row.table));
+    }
+    let info = registry
+        .by_name(&schema, &table)
+        .ok_or_else(|| format!("table {schema}.{table} is not registered"))?;
+    let key_text = normalize_key(info, &row.key)?;
+    if !seen.insert((info.id, key_text.clone())) {
+        return Err(format!(
+            "duplicate target row in push request: {schema}.{table} {key_text}"
+        ));
+    }
+    if row.base_row_version < 0 {
+        return Err(format!(
+            "base_row_version for {schema}.{table} {key_text} must be >= 0"
+        ));
+    }
+    let payload = match (row.op, &row.payload) {
+        (Op::Delete, None | Some(Value::Null)) => None,
+        (Op::Delete, Some(_)) => {
+            return Err(format!(
+                "DELETE for {schema}.{table} must not include payload"
+            ));
+        }
+        (op, None | Some(Value::Null)) => {
+            return Err(format!("{op} for {schema}.{table} requires payload"));
+        }
+        (_, Some(p)) => Some(db_payload_from_wire(info, &key_text, p)?),
+    };
+    Ok(PreparedRow {
+        table_id: info.id,
+        key_text,
+        op: row.op,
+        base_row_version: row.base_row_version,
+        payload,
+    })
 }
 
 struct Session {
