@@ -167,6 +167,19 @@ impl Server {
         }
     }
 
+    /// Wraps an in-process server the suite started itself (for example with changed limits).
+    pub fn from_local(local: oversync_testkit::TestServer) -> Server {
+        Server {
+            base_url: local.base_url().to_string(),
+            _local: Some(local),
+        }
+    }
+
+    /// The in-process server, unless the suite runs against an external one.
+    pub fn local(&self) -> Option<&oversync_testkit::TestServer> {
+        self._local.as_ref()
+    }
+
     /// Base URL without a trailing slash.
     pub fn base_url(&self) -> &str {
         &self.base_url

@@ -2,6 +2,8 @@
 -- outbox integrity (appended in up.sql)
 DROP TABLE IF EXISTS _sync_install_identity;
 DROP INDEX IF EXISTS _sync_outbox_rows_key;
+-- quarantine (appended last in up.sql)
+DROP TABLE IF EXISTS _sync_quarantine;
 DROP TABLE IF EXISTS _sync_snapshot_stage;
 DROP TABLE IF EXISTS _sync_push_stage;
 DROP TABLE IF EXISTS _sync_outbox_rows;

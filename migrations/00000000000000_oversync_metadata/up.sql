@@ -143,3 +143,22 @@ CREATE TABLE IF NOT EXISTS _sync_install_identity (
 );
 INSERT INTO _sync_install_identity (singleton_key) VALUES (1)
     ON CONFLICT (singleton_key) DO NOTHING;
+
+-- ---- quarantine (appended) ----
+-- Quarantine: local changes the server refused for their data (a constraint or type
+-- SQLite lacks, a payload over the size limit, a missing parent), set aside so the rest of
+-- the user's changes keep syncing. One entry per key; the app retries or discards it.
+CREATE TABLE IF NOT EXISTS _sync_quarantine (
+    quarantine_id    INTEGER PRIMARY KEY,
+    schema_name      TEXT NOT NULL,
+    table_name       TEXT NOT NULL,
+    key_json         TEXT NOT NULL,
+    op               TEXT NOT NULL CHECK (op = 'INSERT' OR op = 'UPDATE' OR op = 'DELETE'),
+    base_row_version INTEGER NOT NULL DEFAULT 0,
+    payload          TEXT,
+    http_status      INTEGER NOT NULL,
+    error_code       TEXT NOT NULL,
+    error_message    TEXT NOT NULL,
+    quarantined_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    UNIQUE (schema_name, table_name, key_json)
+);

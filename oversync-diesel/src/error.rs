@@ -84,6 +84,22 @@ pub enum Error {
         /// Retries made.
         retries: u32,
     },
+    /// No quarantine entry has this id (it was retried, discarded, or superseded by an
+    /// accepted change of the same row).
+    #[error("no quarantined row has id {id}")]
+    QuarantineEntryNotFound {
+        /// The id asked for.
+        id: i64,
+    },
+    /// `detach()` would throw away local changes the server refused: retry or discard them
+    /// first (`Oversync::quarantined_rows`).
+    #[error(
+        "blocked: {rows} quarantined rows the server refused; retry or discard them before detaching"
+    )]
+    QuarantinedRows {
+        /// Rows in quarantine.
+        rows: u64,
+    },
     /// Watch wake-ups cannot run here.
     #[error("watch unavailable: {0}")]
     WatchUnsupported(String),

@@ -50,6 +50,17 @@ pub enum SyncEvent {
     AuthRequired,
     /// The server has new bundles but local changes wait: call `sync()` to push and pull.
     RemoteChanges,
+    /// The server refused a local change for its data (a constraint, a column type, a size
+    /// limit, a missing parent): the change was moved to quarantine and the rest of the
+    /// push went on. See `Oversync::quarantined_rows`.
+    Quarantined {
+        /// Table of the refused row.
+        table: String,
+        /// Key of the refused row (UUID).
+        key: String,
+        /// The server's status, error code and message.
+        error: String,
+    },
     /// Server data changed these tables locally: refresh views showing them.
     TablesChanged {
         /// Table names.

@@ -218,7 +218,8 @@ pub struct SyncThenDetachReport {
     pub detached: bool,
     /// Sync attempts made.
     pub attempts: u32,
-    /// Rows still unsynced (0 when detached).
+    /// Rows still unsynced (0 when detached): pending rows, or, once nothing is pending,
+    /// the quarantined rows that block the detach.
     pub rows_left: u64,
 }
 
@@ -369,6 +370,10 @@ impl Oversync<'_> {
         if pending_rows > 0 {
             return Err(Error::UnsyncedData { pending_rows });
         }
+        let rows = crate::quarantine::quarantined_count(self.conn)?;
+        if rows > 0 {
+            return Err(Error::QuarantinedRows { rows });
+        }
         let config = self.config;
         let new_source = uuid::Uuid::new_v4().to_string();
         crate::apply::in_apply_transaction(self.conn, |conn| {
@@ -387,7 +392,7 @@ impl Oversync<'_> {
                 ))?;
             }
             conn.batch_execute(
-                "DELETE FROM _sync_row_state; DELETE FROM _sync_push_stage; DELETE FROM _sync_snapshot_stage;
+                "DELETE FROM _sync_row_state; DELETE FROM _sync_push_stage; DELETE FROM _sync_snapshot_stage; DELETE FROM _sync_quarantine;
                  UPDATE _sync_attachment_state SET binding_state = 'anonymous', attached_user_id = '',
                    last_bundle_seq_seen = 0, rebuild_required = 0, pending_initialization_id = '' WHERE singleton_key = 1;
                  UPDATE _sync_operation_state SET kind = 'none', reason = '', target_user_id = '' WHERE singleton_key = 1;",
@@ -406,6 +411,15 @@ impl Oversync<'_> {
             attempts += 1;
             self.sync().await?;
             if state::pending_row_count(self.conn)? == 0 {
+                // Quarantined rows need the app (retry or discard); syncing again won't help.
+                let quarantined = crate::quarantine::quarantined_count(self.conn)?;
+                if quarantined > 0 {
+                    return Ok(SyncThenDetachReport {
+                        detached: false,
+                        attempts,
+                        rows_left: quarantined,
+                    });
+                }
                 self.detach()?;
                 return Ok(SyncThenDetachReport {
                     detached: true,

@@ -20,6 +20,7 @@ use crate::conflict::{Conflict, Resolution, merged_to_wire};
 use crate::error::{Error, Result};
 use crate::events::{Phase, SyncEvent};
 use crate::handle::Oversync;
+use crate::quarantine::{RowRejection, row_rejection};
 use crate::state;
 use crate::transport::TransportError;
 use diesel::connection::SimpleConnection;
@@ -135,6 +136,10 @@ enum Upload {
         bundle_hash: String,
     },
     Conflict(Box<oversync_protocol::PushConflictDetails>),
+    /// The server refused the outbox row at this ordinal for its data: quarantine it.
+    Rejected(i64, RowRejection),
+    /// The server refused the commit for its data without naming a row: bisect.
+    Split,
 }
 
 impl Oversync<'_> {
@@ -146,8 +151,17 @@ impl Oversync<'_> {
         let mut conflicts_resolved = 0;
         let mut budget: Option<ConflictBudget> = None;
         let mut rotated = false;
+        // Bundles committed earlier in this call while bisecting a refused push.
+        let mut bisected: Option<(i64, u64)> = None;
         loop {
             let Some(outbox) = self.freeze()? else {
+                if let Some((bundle_seq, rows_pushed)) = bisected.filter(|(seq, _)| *seq > 0) {
+                    return Ok(PushOutcome::Pushed {
+                        bundle_seq,
+                        rows_pushed,
+                        conflicts_resolved,
+                    });
+                }
                 return Ok(if conflicts_resolved > 0 {
                     PushOutcome::ResolvedWithoutPush { conflicts_resolved }
                 } else {
@@ -193,6 +207,18 @@ impl Oversync<'_> {
                         });
                         continue;
                     }
+                    // Quarantine (see quarantine.rs): set the refused row aside, or halve the
+                    // bundle to find it; the rest is pushed on the next turn.
+                    Upload::Rejected(ordinal, rejection) => {
+                        self.quarantine_outbox_row(ordinal, &rejection)?;
+                        bisected.get_or_insert((0, 0));
+                        continue;
+                    }
+                    Upload::Split => {
+                        self.defer_outbox_tail()?;
+                        bisected.get_or_insert((0, 0));
+                        continue;
+                    }
                 }
             };
             match self.fetch_committed(bundle_seq, &bundle_hash).await? {
@@ -236,9 +262,15 @@ impl Oversync<'_> {
                 }
             }
             self.replay(&outbox, bundle_seq)?;
+            let rows_pushed = outbox.row_count.max(0) as u64;
+            if let Some((_, before)) = bisected {
+                // Rows set aside while bisecting wait in the captured changes: push them too.
+                bisected = Some((bundle_seq, before + rows_pushed));
+                continue;
+            }
             return Ok(PushOutcome::Pushed {
                 bundle_seq,
-                rows_pushed: outbox.row_count.max(0) as u64,
+                rows_pushed,
                 conflicts_resolved,
             });
         }
@@ -405,14 +437,14 @@ impl Oversync<'_> {
                 ..
             } => (push_id, next_expected_row_ordinal),
         };
-        let chunk = i64::from(self.chunk_rows());
+        let mut chunk = i64::from(self.chunk_rows());
         while next < outbox.row_count {
             if next < 0 {
                 return Err(invalid(format!("next_expected_row_ordinal {next}")));
             }
             let rows = self.outbox_rows(next, chunk)?;
             let sent = rows.len() as i64;
-            let answer = transport
+            let uploaded = transport
                 .upload_push_chunk(
                     &source,
                     &push_id,
@@ -421,8 +453,25 @@ impl Oversync<'_> {
                         rows,
                     },
                 )
-                .await
-                .map_err(|e| self.server_error(e))?;
+                .await;
+            let answer = match uploaded {
+                Ok(answer) => answer,
+                Err(e) => {
+                    let Some(rejection) = row_rejection(&e) else {
+                        return Err(self.server_error(e));
+                    };
+                    // Staged rows are not committed: retry the chunk in halves until the
+                    // refused row is alone (or the server named it).
+                    let named = self.named_row(&rejection, next..next + sent)?;
+                    if named.is_none() && sent > 1 {
+                        chunk = sent / 2;
+                        continue;
+                    }
+                    // Best effort: the session would expire anyway.
+                    let _ = transport.delete_push_session(&source, &push_id).await;
+                    return Ok(Upload::Rejected(named.unwrap_or(next), rejection));
+                }
+            };
             if answer.next_expected_row_ordinal <= next
                 || answer.next_expected_row_ordinal > next + sent
             {
@@ -461,7 +510,18 @@ impl Oversync<'_> {
                 let _ = transport.delete_push_session(&source, &push_id).await;
                 Ok(Upload::Conflict(Box::new(conflict.conflict)))
             }
-            Err(e) => Err(self.server_error(e)),
+            // A commit sends no rows, so a 413 there is not about a row.
+            Err(e) => match row_rejection(&e).filter(|r| r.status != 413) {
+                Some(rejection) => {
+                    let _ = transport.delete_push_session(&source, &push_id).await;
+                    match self.named_row(&rejection, 0..outbox.row_count)? {
+                        Some(ordinal) => Ok(Upload::Rejected(ordinal, rejection)),
+                        None if outbox.row_count > 1 => Ok(Upload::Split),
+                        None => Ok(Upload::Rejected(0, rejection)),
+                    }
+                }
+                None => Err(self.server_error(e)),
+            },
         }
     }
 
@@ -660,6 +720,7 @@ fn retire_outbox(
     outbox: &state::OutboxBundle,
     bundle_seq: i64,
 ) -> Result<()> {
+    crate::quarantine::clear_accepted(conn)?;
     conn.batch_execute("DELETE FROM _sync_push_stage; DELETE FROM _sync_outbox_rows;")?;
     conn.batch_execute(
         "UPDATE _sync_outbox_bundle SET state = 'none', source_id = '', source_bundle_id = 0, row_count = 0, \
@@ -1016,7 +1077,7 @@ fn restore_outbox_to_dirty(conn: &mut SqliteConnection) -> Result<()> {
 }
 
 /// Removes one outbox row and closes the gap so ordinals stay contiguous.
-fn remove_outbox_row(conn: &mut SqliteConnection, ordinal: i64) -> Result<()> {
+pub(crate) fn remove_outbox_row(conn: &mut SqliteConnection, ordinal: i64) -> Result<()> {
     diesel::sql_query("DELETE FROM _sync_outbox_rows WHERE row_ordinal = ?")
         .bind::<BigInt, _>(ordinal)
         .execute(conn)?;

@@ -7,9 +7,13 @@ use crate::state;
 /// Local changes not yet accepted by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PendingSyncStatus {
-    /// Captured rows plus rows frozen in the outbox.
+    /// Captured rows plus rows frozen in the outbox. Quarantined rows are not counted: they
+    /// are not pushed (and do not hold back pulls) until the app retries them.
     pub pending_rows: u64,
-    /// `detach()` is refused while this is true.
+    /// Local changes the server refused, set aside in quarantine
+    /// ([`Oversync::quarantined_rows`]).
+    pub quarantined_rows: u64,
+    /// `detach()` is refused while this is true: rows are pending or quarantined.
     pub blocked_detach: bool,
 }
 
@@ -51,9 +55,11 @@ impl Oversync<'_> {
     pub fn pending_sync_status(&mut self) -> Result<PendingSyncStatus> {
         self.ensure_open()?;
         let pending_rows = state::pending_row_count(self.conn)?;
+        let quarantined_rows = crate::quarantine::quarantined_count(self.conn)?;
         Ok(PendingSyncStatus {
             pending_rows,
-            blocked_detach: pending_rows > 0,
+            quarantined_rows,
+            blocked_detach: pending_rows > 0 || quarantined_rows > 0,
         })
     }
 

@@ -24,6 +24,7 @@ pub(crate) const METADATA_TABLES: &[&str] = &[
     "_sync_push_stage",
     "_sync_snapshot_stage",
     "_sync_install_identity",
+    "_sync_quarantine",
 ];
 
 #[derive(QueryableByName)]

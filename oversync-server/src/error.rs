@@ -19,6 +19,25 @@ pub enum SyncError {
         /// Human-readable message.
         message: String,
     },
+    /// 400 naming the pushed row the server refuses (a value, constraint or foreign key of
+    /// that row). The body is the generic `{"error", "message"}` plus the additive fields
+    /// `row_ordinal`, `schema`, `table` and `key`, so a client can set that row aside and
+    /// push the rest; clients that ignore the extra fields see an ordinary 400.
+    #[error("{message}")]
+    RowRejected {
+        /// `push_chunk_invalid` or `push_commit_invalid`.
+        code: &'static str,
+        /// Human-readable message.
+        message: String,
+        /// The row's ordinal in the push session.
+        row_ordinal: i64,
+        /// The row's schema.
+        schema: String,
+        /// The row's table.
+        table: String,
+        /// The row's key as the client sent it (`{"id": "..."}`), when known.
+        key: Option<serde_json::Map<String, serde_json::Value>>,
+    },
     /// 413: the request body exceeds the configured limit.
     #[error("request body is too large")]
     TooLarge,
@@ -137,9 +156,9 @@ impl SyncError {
     /// HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            SyncError::BadRequest { .. } | SyncError::NoCapturedChanges { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            SyncError::BadRequest { .. }
+            | SyncError::RowRejected { .. }
+            | SyncError::NoCapturedChanges { .. } => StatusCode::BAD_REQUEST,
             SyncError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             SyncError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             SyncError::Forbidden { .. } => StatusCode::FORBIDDEN,
@@ -157,6 +176,7 @@ impl SyncError {
     pub fn code(&self) -> &'static str {
         match self {
             SyncError::BadRequest { code, .. }
+            | SyncError::RowRejected { code, .. }
             | SyncError::Forbidden { code, .. }
             | SyncError::NotFound { code, .. }
             | SyncError::Conflict { code, .. }
@@ -236,6 +256,25 @@ impl IntoResponse for SyncError {
                 )
                     .into_response()
             }
+            SyncError::RowRejected {
+                code,
+                message,
+                row_ordinal,
+                schema,
+                table,
+                key,
+            } => (
+                status,
+                Json(serde_json::json!({
+                    "error": code,
+                    "message": message,
+                    "row_ordinal": row_ordinal,
+                    "schema": schema,
+                    "table": table,
+                    "key": key,
+                })),
+            )
+                .into_response(),
             SyncError::Internal(detail) => {
                 // Internals (SQL, constraint names) stay in the log.
                 tracing::error!(error = %detail, "sync request failed");

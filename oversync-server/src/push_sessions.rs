@@ -33,56 +33,68 @@ struct PreparedRow {
     payload: Option<String>,
 }
 
-fn prepare_rows(registry: &Registry, rows: &[PushRequestRow]) -> Result<Vec<PreparedRow>, String> {
+/// Validates a chunk's rows; a refusal names the index of the row (within `rows`) it is about.
+fn prepare_rows(
+    registry: &Registry,
+    rows: &[PushRequestRow],
+) -> Result<Vec<PreparedRow>, (usize, String)> {
     let mut seen = HashSet::new();
     let mut prepared = Vec::with_capacity(rows.len());
-    for row in rows {
-        let schema = match row.schema.trim().to_ascii_lowercase() {
-            s if s.is_empty() => "public".to_owned(),
-            s => s,
-        };
-        let table = row.table.trim().to_ascii_lowercase();
-        if !is_valid_identifier(&schema) {
-            return Err(format!("invalid schema name {:?}", row.schema));
-        }
-        if !is_valid_identifier(&table) {
-            return Err(format!("invalid table name {:?}", row.table));
-        }
-        let info = registry
-            .by_name(&schema, &table)
-            .ok_or_else(|| format!("table {schema}.{table} is not registered"))?;
-        let key_text = normalize_key(info, &row.key)?;
-        if !seen.insert((info.id, key_text.clone())) {
-            return Err(format!(
-                "duplicate target row in push request: {schema}.{table} {key_text}"
-            ));
-        }
-        if row.base_row_version < 0 {
-            return Err(format!(
-                "base_row_version for {schema}.{table} {key_text} must be >= 0"
-            ));
-        }
-        let payload = match (row.op, &row.payload) {
-            (Op::Delete, None | Some(Value::Null)) => None,
-            (Op::Delete, Some(_)) => {
-                return Err(format!(
-                    "DELETE for {schema}.{table} must not include payload"
-                ));
-            }
-            (op, None | Some(Value::Null)) => {
-                return Err(format!("{op} for {schema}.{table} requires payload"));
-            }
-            (_, Some(p)) => Some(db_payload_from_wire(info, &key_text, p)?),
-        };
-        prepared.push(PreparedRow {
-            table_id: info.id,
-            key_text,
-            op: row.op,
-            base_row_version: row.base_row_version,
-            payload,
-        });
+    for (index, row) in rows.iter().enumerate() {
+        prepared.push(prepare_row(registry, row, &mut seen).map_err(|e| (index, e))?);
     }
     Ok(prepared)
+}
+
+fn prepare_row(
+    registry: &Registry,
+    row: &PushRequestRow,
+    seen: &mut HashSet<(i32, String)>,
+) -> Result<PreparedRow, String> {
+    let schema = match row.schema.trim().to_ascii_lowercase() {
+        s if s.is_empty() => "public".to_owned(),
+        s => s,
+    };
+    let table = row.table.trim().to_ascii_lowercase();
+    if !is_valid_identifier(&schema) {
+        return Err(format!("invalid schema name {:?}", row.schema));
+    }
+    if !is_valid_identifier(&table) {
+        return Err(format!("invalid table name {:?}", row.table));
+    }
+    let info = registry
+        .by_name(&schema, &table)
+        .ok_or_else(|| format!("table {schema}.{table} is not registered"))?;
+    let key_text = normalize_key(info, &row.key)?;
+    if !seen.insert((info.id, key_text.clone())) {
+        return Err(format!(
+            "duplicate target row in push request: {schema}.{table} {key_text}"
+        ));
+    }
+    if row.base_row_version < 0 {
+        return Err(format!(
+            "base_row_version for {schema}.{table} {key_text} must be >= 0"
+        ));
+    }
+    let payload = match (row.op, &row.payload) {
+        (Op::Delete, None | Some(Value::Null)) => None,
+        (Op::Delete, Some(_)) => {
+            return Err(format!(
+                "DELETE for {schema}.{table} must not include payload"
+            ));
+        }
+        (op, None | Some(Value::Null)) => {
+            return Err(format!("{op} for {schema}.{table} requires payload"));
+        }
+        (_, Some(p)) => Some(db_payload_from_wire(info, &key_text, p)?),
+    };
+    Ok(PreparedRow {
+        table_id: info.id,
+        key_text,
+        op: row.op,
+        base_row_version: row.base_row_version,
+        payload,
+    })
 }
 
 struct Session {
@@ -311,7 +323,17 @@ impl SyncService {
             )));
         }
         let registry = self.registry();
-        let rows = prepare_rows(&registry, &req.rows).map_err(invalid)?;
+        let rows = prepare_rows(&registry, &req.rows).map_err(|(index, message)| {
+            let row = &req.rows[index];
+            SyncError::RowRejected {
+                code: codes::PUSH_CHUNK_INVALID,
+                message,
+                row_ordinal: req.start_row_ordinal + index as i64,
+                schema: row.schema.clone(),
+                table: row.table.clone(),
+                key: Some(row.key.clone()),
+            }
+        })?;
 
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -448,14 +470,34 @@ impl SyncService {
         scope::set_bundle_context(&tx, &actor.user_id, session.user_pk).await?;
         check_conflicts(&tx, &registry, &actor.user_id, session.user_pk, &rows).await?;
 
-        for batch in batches(&rows) {
+        let runs = batches(&rows);
+        for (n, run) in runs.iter().enumerate() {
+            let batch = &rows[run.clone()];
             let first = &batch[0];
             let info = registry.by_id(first.table_id).ok_or_else(|| {
                 invalid(format!("table {} is no longer registered", first.table_id))
             })?;
-            apply_batch(&tx, info, &actor.user_id, batch)
-                .await
-                .map_err(|e| db_rejection(e, info, &first.key_text, batch.len()))?;
+            if let Err(e) = apply_batch(&tx, info, &actor.user_id, batch).await {
+                if !is_data_error(&e) || batch.len() == 1 {
+                    return Err(db_rejection(e, info, run.start, first, batch.len()));
+                }
+                // Which row of the run? The transaction is aborted: find it in a fresh one
+                // that redoes the earlier runs and is always rolled back.
+                drop(tx);
+                let at = locate_rejected_row(
+                    &mut client,
+                    &registry,
+                    &actor.user_id,
+                    session.user_pk,
+                    &rows,
+                    &runs[..=n],
+                )
+                .await?;
+                return Err(match at {
+                    Some((ordinal, e)) => db_rejection(e, info, ordinal, &rows[ordinal], 1),
+                    None => db_rejection(e, info, run.start, first, batch.len()),
+                });
+            }
         }
         let bundle = finalize_bundle(
             &tx,
@@ -544,23 +586,84 @@ fn db_message(e: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
-fn db_rejection(e: tokio_postgres::Error, info: &TableInfo, key: &str, rows: usize) -> SyncError {
-    if is_data_error(&e) {
-        let which = if rows == 1 {
-            format!("row {}.{} {key}", info.schema, info.table)
-        } else {
-            format!(
-                "{rows} rows of {}.{} starting at {key}",
-                info.schema, info.table
-            )
-        };
-        SyncError::bad_request(
-            codes::PUSH_COMMIT_INVALID,
-            format!("{which} rejected by the database: {}", db_message(&e)),
-        )
-    } else {
-        SyncError::from(e)
+/// The refusal of a data error while applying `rows` rows starting at `ordinal`: named by
+/// row (with the additive `row_ordinal`/`table`/`key` fields) when it is about one row.
+fn db_rejection(
+    e: tokio_postgres::Error,
+    info: &TableInfo,
+    ordinal: usize,
+    first: &PreparedRow,
+    rows: usize,
+) -> SyncError {
+    if !is_data_error(&e) {
+        return SyncError::from(e);
     }
+    let key = &first.key_text;
+    if rows == 1 {
+        return SyncError::RowRejected {
+            code: codes::PUSH_COMMIT_INVALID,
+            message: format!(
+                "row {}.{} {key} rejected by the database: {}",
+                info.schema,
+                info.table,
+                db_message(&e)
+            ),
+            row_ordinal: ordinal as i64,
+            schema: info.schema.clone(),
+            table: info.table.clone(),
+            key: Some(sync_key(&info.key_column, key)),
+        };
+    }
+    SyncError::bad_request(
+        codes::PUSH_COMMIT_INVALID,
+        format!(
+            "{rows} rows of {}.{} starting at {key} rejected by the database: {}",
+            info.schema,
+            info.table,
+            db_message(&e)
+        ),
+    )
+}
+
+/// After a run of rows failed as a whole: redoes the earlier runs in a new transaction, then
+/// the failing run (the last of `runs`) row by row under savepoints, and rolls everything
+/// back. Returns the first row the database refuses, with its error.
+async fn locate_rejected_row(
+    client: &mut deadpool_postgres::Object,
+    registry: &Registry,
+    user_id: &str,
+    user_pk: i64,
+    rows: &[PreparedRow],
+    runs: &[std::ops::Range<usize>],
+) -> Result<Option<(usize, tokio_postgres::Error)>, SyncError> {
+    let tx = client.transaction().await?;
+    scope::set_bundle_context(&tx, user_id, user_pk).await?;
+    let Some((failing, earlier)) = runs.split_last() else {
+        return Ok(None);
+    };
+    let info_of = |row: &PreparedRow| {
+        registry
+            .by_id(row.table_id)
+            .ok_or_else(|| SyncError::Internal(format!("unknown table_id {}", row.table_id)))
+    };
+    for run in earlier {
+        let batch = &rows[run.clone()];
+        apply_batch(&tx, info_of(&batch[0])?, user_id, batch).await?;
+    }
+    for ordinal in failing.clone() {
+        let row = std::slice::from_ref(&rows[ordinal]);
+        tx.batch_execute("SAVEPOINT locate_row").await?;
+        match apply_batch(&tx, info_of(&rows[ordinal])?, user_id, row).await {
+            Ok(()) => tx.batch_execute("RELEASE SAVEPOINT locate_row").await?,
+            Err(e) if is_data_error(&e) => {
+                tx.rollback().await?;
+                return Ok(Some((ordinal, e)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tx.rollback().await?;
+    Ok(None)
 }
 
 /// Whole-bundle optimistic concurrency: every row's base version must match `row_state`.
@@ -680,7 +783,7 @@ fn payload_columns(row: &PreparedRow) -> Vec<String> {
 }
 
 /// Splits rows into runs of the same table, op and column set, keeping their order.
-fn batches(rows: &[PreparedRow]) -> Vec<&[PreparedRow]> {
+fn batches(rows: &[PreparedRow]) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut columns = rows.first().map(payload_columns).unwrap_or_default();
@@ -696,7 +799,7 @@ fn batches(rows: &[PreparedRow]) -> Vec<&[PreparedRow]> {
             _ => false,
         };
         if !same {
-            out.push(&rows[start..i]);
+            out.push(start..i);
             start = i;
             columns = next_columns.unwrap_or_default();
         }
