@@ -65,6 +65,7 @@ mod lifecycle;
 pub mod migrations;
 mod pull;
 mod push;
+pub mod server_schema;
 mod snapshot;
 mod state;
 mod status;
