@@ -840,7 +840,10 @@ ALTER TABLE "app"."todos" ADD CONSTRAINT "todos_parent_id_fkey" FOREIGN KEY ("_s
              CREATE TABLE c (id TEXT PRIMARY KEY, p_code TEXT REFERENCES p(code));",
         );
         let err = read_tables(&mut c, "app", &["p", "c"]).unwrap_err();
-        assert!(err.to_string().contains("only the parent's sync key"), "{err}");
+        assert!(
+            err.to_string().contains("only the parent's sync key"),
+            "{err}"
+        );
         let err = read_tables(&mut c, "app", &["c"]).unwrap_err();
         assert!(err.to_string().contains("FK-closed"), "{err}");
         let mut c = conn("CREATE TABLE Bad (id TEXT PRIMARY KEY)");

@@ -360,7 +360,10 @@ fn seconds(key: &str, value: Option<i64>, default: Duration) -> Result<Duration,
     match value {
         None => Ok(default),
         Some(v) if v > 0 => Ok(Duration::from_secs(v as u64)),
-        Some(v) => Err(invalid(key, format!("{v} must be a positive number of seconds"))),
+        Some(v) => Err(invalid(
+            key,
+            format!("{v} must be a positive number of seconds"),
+        )),
     }
 }
 
@@ -602,11 +605,10 @@ impl ServerSettings {
                     path: path.clone(),
                     reason: e.to_string(),
                 })?;
-                let file: FileConfig =
-                    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    })?;
+                let file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
                 let base = path
                     .parent()
                     .map(Path::to_path_buf)
@@ -642,7 +644,12 @@ impl ServerSettings {
         let pool_size = match file.database.pool_size {
             None => 16,
             Some(n @ 1..=1000) => n as usize,
-            Some(n) => return Err(invalid("database.pool_size", format!("{n} must be 1..=1000"))),
+            Some(n) => {
+                return Err(invalid(
+                    "database.pool_size",
+                    format!("{n} must be 1..=1000"),
+                ));
+            }
         };
         let listen = flags
             .listen
@@ -742,7 +749,8 @@ mod tests {
         ServerSettings::resolve(file, Path::new("."), &Flags::default(), &env)
     }
 
-    const BASE: &str = "[database]\nurl = \"postgres://p@127.0.0.1/db\"\n[sync]\nschema = \"app\"\n";
+    const BASE: &str =
+        "[database]\nurl = \"postgres://p@127.0.0.1/db\"\n[sync]\nschema = \"app\"\n";
 
     #[test]
     fn minimal_config_has_defaults() {
@@ -770,7 +778,10 @@ mod tests {
             ),
             (
                 format!("{BASE}[limits]\ndefault_rows_per_push_chunk = 9000\n"),
-                vec!["limits.default_rows_per_push_chunk", "max_rows_per_push_chunk"],
+                vec![
+                    "limits.default_rows_per_push_chunk",
+                    "max_rows_per_push_chunk",
+                ],
             ),
             (
                 format!("{BASE}[limits]\nmax_rows_per_push_chunk = \"many\"\n"),

@@ -118,11 +118,10 @@ impl JwtVerifier {
                 }]
             }
             JwtKeySource::Jwks(text) => {
-                let set: JwkSet =
-                    serde_json::from_str(text).map_err(|e| JwtKeyError::Invalid {
-                        what: "auth.jwks_file".into(),
-                        reason: e.to_string(),
-                    })?;
+                let set: JwkSet = serde_json::from_str(text).map_err(|e| JwtKeyError::Invalid {
+                    what: "auth.jwks_file".into(),
+                    reason: e.to_string(),
+                })?;
                 let mut keys = Vec::new();
                 for jwk in &set.keys {
                     let algorithm = match &jwk.algorithm {
@@ -131,14 +130,13 @@ impl JwtVerifier {
                             Algorithm::ES256
                         }
                         jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_) => Algorithm::HS256,
-                        jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => {
-                            Algorithm::EdDSA
-                        }
+                        jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
                     };
                     keys.push(Key {
                         kid: jwk.common.key_id.clone(),
                         algorithm,
-                        key: DecodingKey::from_jwk(jwk).map_err(|e| invalid("auth.jwks_file", e))?,
+                        key: DecodingKey::from_jwk(jwk)
+                            .map_err(|e| invalid("auth.jwks_file", e))?,
                     });
                 }
                 if keys.is_empty() {
@@ -297,8 +295,8 @@ mod tests {
             {"kty": "oct", "kid": "k1", "k": "czNjcmV0"},
             {"kty": "oct", "kid": "k2", "k": "b3RoZXI"}
         ]});
-        let v = JwtVerifier::new(&JwtKeySource::Jwks(jwks.to_string()), JwtChecks::default())
-            .unwrap();
+        let v =
+            JwtVerifier::new(&JwtKeySource::Jwks(jwks.to_string()), JwtChecks::default()).unwrap();
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("k2".into());
         let t = jsonwebtoken::encode(

@@ -20,9 +20,7 @@ pub enum MigrateError {
         source: std::io::Error,
     },
     /// A `.sql` file whose name is not `NNNN_name.sql`.
-    #[error(
-        "{path}: migration files must be named NNNN_name.sql (a number, `_`, lower-case name)"
-    )]
+    #[error("{path}: migration files must be named NNNN_name.sql (a number, `_`, lower-case name)")]
     BadName {
         /// The file.
         path: PathBuf,
@@ -219,7 +217,9 @@ mod tests {
         std::fs::write(dir.join("README.md"), "not sql").unwrap();
         let m = read_dir(&dir).unwrap();
         assert_eq!(
-            m.iter().map(|m| (m.version, m.name.as_str())).collect::<Vec<_>>(),
+            m.iter()
+                .map(|m| (m.version, m.name.as_str()))
+                .collect::<Vec<_>>(),
             [(1, "a"), (2, "b")]
         );
         std::fs::write(dir.join("1_a.sql"), "SELECT 1;").unwrap();

@@ -233,7 +233,10 @@ async fn bad_configs_fail_naming_the_key() {
             base.replace("secret = ", "algorithm = \"PS256\"\nsecret = "),
             "auth.algorithm",
         ),
-        (base.replace("schema = \"app\"", "schema = \"\""), "sync.schema"),
+        (
+            base.replace("schema = \"app\"", "schema = \"\""),
+            "sync.schema",
+        ),
     ];
     for (text, needle) in cases {
         let config = write_config(dir.path(), &text);
@@ -300,10 +303,7 @@ async fn generated_schema_migrates_serves_and_grows_without_restart() {
     let migrate = |extra: &[&str]| {
         let mut args = vec!["migrate", "--config", config_arg];
         args.extend_from_slice(extra);
-        let out = binary()
-            .args(&args)
-            .output()
-            .unwrap();
+        let out = binary().args(&args).output().unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -358,12 +358,16 @@ async fn generated_schema_migrates_serves_and_grows_without_restart() {
     assert_eq!(pulled, vec![todo.clone()]);
 
     // The cascade is the server's too: deleting the tag removes the todo everywhere.
-    diesel::delete(tags::table)
-        .execute(&mut *a.conn)
-        .unwrap();
+    diesel::delete(tags::table).execute(&mut *a.conn).unwrap();
     a.conn.oversync().sync().await.unwrap();
     b.conn.oversync().sync().await.unwrap();
-    assert_eq!(todos::table.count().get_result::<i64>(&mut *b.conn).unwrap(), 0);
+    assert_eq!(
+        todos::table
+            .count()
+            .get_result::<i64>(&mut *b.conn)
+            .unwrap(),
+        0
+    );
 
     // An applied migration edited afterwards is refused by checksum.
     let original = std::fs::read_to_string(&first).unwrap();
@@ -404,7 +408,9 @@ async fn generated_schema_migrates_serves_and_grows_without_restart() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{body}");
-    let (s, body) = api.get("/sync/pull?after_bundle_seq=0&max_bundles=100").await;
+    let (s, body) = api
+        .get("/sync/pull?after_bundle_seq=0&max_bundles=100")
+        .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert!(body.to_string().contains("from v2"), "{body}");
 

@@ -76,9 +76,10 @@ async fn run(command: Command, settings: ServerSettings) -> Result<(), String> {
             return Ok(());
         }
     }
-    let specs = bootstrap::resolve_table_specs(&**client, &settings.schema, settings.tables.as_deref())
-        .await
-        .map_err(|e| e.to_string())?;
+    let specs =
+        bootstrap::resolve_table_specs(&**client, &settings.schema, settings.tables.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
     drop(client);
     let verifier = JwtVerifier::new(&settings.auth_keys, settings.auth_checks.clone())
         .map_err(|e| format!("config key {e}"))?;
