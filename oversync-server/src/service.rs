@@ -60,7 +60,7 @@ impl SyncService {
         pg_config: tokio_postgres::Config,
         config: ServiceConfig,
     ) -> Result<Arc<SyncService>, BootstrapError> {
-        let pool = connect_pool(pg_config.clone(), 16);
+        let pool = connect_pool(pg_config.clone(), config.pool_size.max(2));
         let registry = {
             let mut client = pool
                 .get()

@@ -51,7 +51,8 @@ async fn main() -> ExitCode {
 async fn run(command: Command, settings: ServerSettings) -> Result<(), String> {
     let pg = tokio_postgres::Config::from_str(&settings.database_url)
         .map_err(|e| format!("config key database.url: {e}"))?;
-    let pool = service::connect_pool(pg.clone(), settings.pool_size.max(2));
+    // Migrations and table discovery need one connection; the service opens its own pool.
+    let pool = service::connect_pool(pg.clone(), 1);
     let mut client = pool
         .get()
         .await
@@ -81,11 +82,13 @@ async fn run(command: Command, settings: ServerSettings) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
     drop(client);
+    drop(pool);
     let verifier = JwtVerifier::new(&settings.auth_keys, settings.auth_checks.clone())
         .map_err(|e| format!("config key {e}"))?;
     let mut config = ServiceConfig::new(&settings.app_name, specs);
     config.limits = settings.limits.clone();
     config.watch = settings.watch.clone();
+    config.pool_size = settings.pool_size;
     // Bootstrap validates every table and names the rule a table breaks.
     let sync = SyncService::start(pg, config)
         .await
