@@ -68,6 +68,7 @@ mod order;
 mod pull;
 mod push;
 mod quarantine;
+pub mod server_schema;
 mod snapshot;
 mod state;
 mod status;

@@ -127,6 +127,42 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Replaces the visible columns of `schema.table`; false when the table is unknown or
+    /// the columns are unchanged.
+    pub(crate) fn set_columns(
+        &mut self,
+        schema: &str,
+        table: &str,
+        columns: BTreeMap<String, String>,
+    ) -> bool {
+        let Some(&i) = self.by_name.get(&(schema.to_owned(), table.to_owned())) else {
+            return false;
+        };
+        if self.tables[i].columns == columns {
+            return false;
+        }
+        self.tables[i].columns = columns;
+        true
+    }
+}
+
+/// Visible columns (name → udt name) of `schema.table` as the catalog has them now.
+pub(crate) async fn read_columns(
+    client: &impl GenericClient,
+    schema: &str,
+    table: &str,
+) -> Result<BTreeMap<String, String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT column_name::text, udt_name::text FROM information_schema.columns
+             WHERE table_schema = $1 AND table_name = $2 AND column_name <> $3",
+            &[&schema, &table, &SCOPE_COLUMN],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// Lower-case ASCII letters, digits and `_`, as the reference accepts.
 pub(crate) fn is_valid_identifier(name: &str) -> bool {
     !name.is_empty()
@@ -168,6 +204,59 @@ pub async fn bootstrap(
         registry.tables.push(info);
     }
     Ok(registry)
+}
+
+/// The specs to register for `schema`: the listed `tables`, or (when `None`) every table
+/// of the schema that carries [`SCOPE_COLUMN`]. Each key column is read from the table's
+/// primary key `(_sync_scope_id, key)`; a table without one gets `id`, and bootstrap then
+/// names what is missing.
+pub async fn resolve_table_specs(
+    client: &impl GenericClient,
+    schema: &str,
+    tables: Option<&[String]>,
+) -> Result<Vec<TableSpec>, BootstrapError> {
+    let names: Vec<String> = match tables {
+        Some(t) => t.to_vec(),
+        None => client
+            .query(
+                "SELECT c.relname::text FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND NOT a.attisdropped
+                 WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND a.attname = $2
+                 ORDER BY c.relname",
+                &[&schema, &SCOPE_COLUMN],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+    };
+    if names.is_empty() {
+        return Err(BootstrapError::InvalidConfig(format!(
+            "schema {schema} has no table with the owner column {SCOPE_COLUMN}: apply the server migrations (oversync-server migrate) or list the tables in sync.tables"
+        )));
+    }
+    let mut specs = Vec::with_capacity(names.len());
+    for table in names {
+        let pk: Vec<String> = client
+            .query_opt(
+                "SELECT ARRAY(SELECT a.attname::text FROM unnest(idx.indkey) WITH ORDINALITY k(n, o)
+                              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.n ORDER BY k.o)
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN pg_index idx ON idx.indrelid = c.oid AND idx.indisprimary
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[&schema, &table],
+            )
+            .await?
+            .map(|r| r.get(0))
+            .unwrap_or_default();
+        let key = match pk.as_slice() {
+            [scope, key] if scope == SCOPE_COLUMN => key.clone(),
+            _ => "id".to_owned(),
+        };
+        specs.push(TableSpec::new(schema, &table, &key));
+    }
+    Ok(specs)
 }
 
 fn validate_config(specs: &[TableSpec]) -> Result<(), BootstrapError> {

@@ -124,6 +124,8 @@ pub struct ServiceConfig {
     pub limits: Limits,
     /// Watch settings.
     pub watch: WatchConfig,
+    /// Size of the service's PostgreSQL connection pool.
+    pub pool_size: usize,
 }
 
 impl ServiceConfig {
@@ -135,6 +137,7 @@ impl ServiceConfig {
             tables,
             limits: Limits::default(),
             watch: WatchConfig::default(),
+            pool_size: 16,
         }
     }
 }

@@ -8,6 +8,9 @@
 //! * Server-originated writes: [`SyncService::begin_server_write`].
 //! * The example server (demo auth, business schema, test routes): [`demo`], and the
 //!   `oversync-example-server` binary.
+//! * The `oversync-server` binary serves any schema: configured by a TOML file
+//!   ([`file_config`]), JWT auth ([`jwt`]), numbered business-schema migrations
+//!   ([`migrate`]).
 //!
 //! ```no_run
 //! use oversync_server::{AuthenticatedUser, ServiceConfig, SyncService, TableSpec};
@@ -38,6 +41,9 @@ pub mod config;
 mod connect;
 pub mod demo;
 pub mod error;
+pub mod file_config;
+pub mod jwt;
+pub mod migrate;
 mod payload;
 mod pull;
 mod push_sessions;

@@ -97,6 +97,36 @@ fn prepare_row(
     })
 }
 
+/// Registered tables whose pushed payloads name columns the registry does not know.
+fn tables_with_unknown_columns(
+    registry: &Registry,
+    rows: &[PushRequestRow],
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for row in rows {
+        let schema = match row.schema.trim().to_ascii_lowercase() {
+            s if s.is_empty() => "public".to_owned(),
+            s => s,
+        };
+        let table = row.table.trim().to_ascii_lowercase();
+        let Some(info) = registry.by_name(&schema, &table) else {
+            continue;
+        };
+        let Some(Value::Object(payload)) = &row.payload else {
+            continue;
+        };
+        let unknown = payload.keys().any(|c| {
+            let c = c.to_ascii_lowercase();
+            c != SCOPE_COLUMN && !info.columns.contains_key(&c)
+        });
+        let name = (info.schema.clone(), info.table.clone());
+        if unknown && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
 struct Session {
     user_pk: i64,
     user_id: String,
@@ -300,8 +330,25 @@ impl SyncService {
         })
     }
 
-    /// `POST /sync/push-sessions/{push_id}/chunks`.
+    /// `POST /sync/push-sessions/{push_id}/chunks`. A chunk of an initializing push
+    /// rejected as invalid gives up the initialization lease (see
+    /// [`SyncService::release_rejected_initialization`]).
     pub async fn upload_push_chunk(
+        &self,
+        actor: &Actor,
+        push_id: &str,
+        req: &PushSessionChunkRequest,
+    ) -> Result<PushSessionChunkResponse, SyncError> {
+        let result = self.upload_push_chunk_inner(actor, push_id, req).await;
+        if let Err(e) = &result
+            && e.status() == StatusCode::BAD_REQUEST
+        {
+            self.release_rejected_initialization(actor, push_id).await;
+        }
+        result
+    }
+
+    async fn upload_push_chunk_inner(
         &self,
         actor: &Actor,
         push_id: &str,
@@ -322,8 +369,8 @@ impl SyncService {
                 req.rows.len()
             )));
         }
-        let registry = self.registry();
-        let rows = prepare_rows(&registry, &req.rows).map_err(|(index, message)| {
+        let mut registry = self.registry();
+        let rejected = |(index, message): (usize, String)| {
             let row = &req.rows[index];
             SyncError::RowRejected {
                 code: codes::PUSH_CHUNK_INVALID,
@@ -333,7 +380,20 @@ impl SyncService {
                 table: row.table.clone(),
                 key: Some(row.key.clone()),
             }
-        })?;
+        };
+        let rows = match prepare_rows(&registry, &req.rows) {
+            Ok(rows) => rows,
+            Err(failure) => {
+                // A migration may have added a column since the registry was read: re-read
+                // the catalog of the tables naming unknown columns, once, before rejecting.
+                let stale = tables_with_unknown_columns(&registry, &req.rows);
+                if stale.is_empty() || !self.refresh_columns(&stale).await? {
+                    return Err(rejected(failure));
+                }
+                registry = self.registry();
+                prepare_rows(&registry, &req.rows).map_err(rejected)?
+            }
+        };
 
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -391,8 +451,76 @@ impl SyncService {
         })
     }
 
-    /// `POST /sync/push-sessions/{push_id}/commit`.
+    /// `POST /sync/push-sessions/{push_id}/commit`. A commit of an initializing push
+    /// rejected as invalid gives up the initialization lease (see
+    /// [`SyncService::release_rejected_initialization`]).
     pub async fn commit_push_session(
+        &self,
+        actor: &Actor,
+        push_id: &str,
+    ) -> Result<PushSessionCommitResponse, SyncError> {
+        let result = self.commit_push_session_inner(actor, push_id).await;
+        if let Err(e) = &result
+            && e.status() == StatusCode::BAD_REQUEST
+        {
+            self.release_rejected_initialization(actor, push_id).await;
+        }
+        result
+    }
+
+    /// After the seed push `push_id` was rejected with a contract (400) error, hands the
+    /// user's scope back (uninitialized, no lease) and drops the session, so other devices
+    /// are not told `retry_later` for the whole lease lifetime because of data the server
+    /// will never accept. The initializer itself gets a fresh lease on its next connect.
+    /// Best effort: a failure here only leaves the lease to expire, so it is logged.
+    pub async fn release_rejected_initialization(&self, actor: &Actor, push_id: &str) {
+        if uuid::Uuid::parse_str(push_id).is_err() {
+            return;
+        }
+        let result: Result<u64, SyncError> = async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            scope::lock_user(&tx, &actor.user_id).await?;
+            let released = tx
+                .execute(
+                    "UPDATE sync.user_state us SET scope_state = 0, initializer_source_id = NULL,
+                         initialization_id = NULL, lease_expires_at = NULL
+                     FROM sync.push_sessions ps
+                     WHERE ps.push_id = $1::text::uuid AND ps.user_pk = us.user_pk
+                       AND us.user_id = $2 AND us.scope_state = 1
+                       AND us.initialization_id = ps.initialization_id
+                       AND us.initializer_source_id = ps.source_id",
+                    &[&push_id, &actor.user_id],
+                )
+                .await?;
+            if released > 0 {
+                tx.execute(
+                    "DELETE FROM sync.push_sessions WHERE push_id = $1::text::uuid",
+                    &[&push_id],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(released)
+        }
+        .await;
+        match result {
+            Ok(0) => {}
+            Ok(_) => tracing::info!(
+                user = %actor.user_id,
+                push_id,
+                "released the initialization lease after a rejected seed push"
+            ),
+            Err(e) => tracing::warn!(
+                user = %actor.user_id,
+                push_id,
+                error = %e,
+                "could not release the initialization lease after a rejected seed push"
+            ),
+        }
+    }
+
+    async fn commit_push_session_inner(
         &self,
         actor: &Actor,
         push_id: &str,

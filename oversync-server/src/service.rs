@@ -60,7 +60,7 @@ impl SyncService {
         pg_config: tokio_postgres::Config,
         config: ServiceConfig,
     ) -> Result<Arc<SyncService>, BootstrapError> {
-        let pool = connect_pool(pg_config.clone(), 16);
+        let pool = connect_pool(pg_config.clone(), config.pool_size.max(2));
         let registry = {
             let mut client = pool
                 .get()
@@ -98,6 +98,34 @@ impl SyncService {
             *slot = Arc::new(registry);
         }
         Ok(())
+    }
+
+    /// Re-reads the catalog columns of `tables` (after a migration added columns while the
+    /// server runs) and swaps them into the registry. Returns whether anything changed.
+    pub(crate) async fn refresh_columns(
+        &self,
+        tables: &[(String, String)],
+    ) -> Result<bool, SyncError> {
+        let client = self.client().await?;
+        let mut fresh = Vec::with_capacity(tables.len());
+        for (schema, table) in tables {
+            let columns = crate::bootstrap::read_columns(&**client, schema, table).await?;
+            fresh.push((schema, table, columns));
+        }
+        // Applied to the registry current under the lock, so a concurrent refresh is kept.
+        let mut slot = match self.registry.write() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut next = Registry::clone(&slot);
+        let mut changed = false;
+        for (schema, table, columns) in fresh {
+            changed |= next.set_columns(schema, table, columns);
+        }
+        if changed {
+            *slot = Arc::new(next);
+        }
+        Ok(changed)
     }
 
     /// Stops the watch listener task.
