@@ -33,7 +33,7 @@ mod schema {
             data -> Nullable<Binary>,
             at_naive -> Nullable<Timestamp>,
             at_tz -> Nullable<TimestamptzSqlite>,
-            naive_in_tz -> Nullable<TimestamptzSqlite>,
+            naive_in_tz -> Nullable<Timestamp>,
             day -> Nullable<Date>,
             clock -> Nullable<Time>,
             ref_text -> Nullable<Text>,
