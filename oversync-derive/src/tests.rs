@@ -128,7 +128,7 @@ fn value_kinds_follow_the_rust_types() {
     ] {
         assert!(
             compact.contains(&format!(
-                "name:\"{column}\",is_blob:{},kind:::oversync_diesel::ValueKind::{kind}}}",
+                "name:\"{column}\",is_blob:{},kind:::oversync_diesel::ValueKind::{kind},",
                 matches!(column, "data" | "owner")
             )),
             "{column} should be {kind}:\n{out}"
