@@ -635,10 +635,28 @@ fn snapshot_cases() -> Vec<Case> {
             CHUNK,
             |mut v| {
                 row0(&mut v)["payload"][huge(1 << 20)] = json!(1);
-                row0(&mut v)["payload"]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("name");
+                v
+            },
+            Invalid,
+        ),
+        case(
+            "snapshot chunk: payload with a column the model does not have",
+            Hydrate,
+            "GET",
+            CHUNK,
+            |mut v| {
+                row0(&mut v)["payload"]["nickname"] = json!("x");
+                v
+            },
+            Invalid,
+        ),
+        case(
+            "snapshot chunk: payload with the hidden _sync_scope_id column",
+            Hydrate,
+            "GET",
+            CHUNK,
+            |mut v| {
+                row0(&mut v)["payload"]["_sync_scope_id"] = json!("someone-else");
                 v
             },
             Invalid,

@@ -30,6 +30,45 @@ pub enum KeyKindOverride {
     Blob,
 }
 
+/// A column's value kind named by `#[sync(kind = "...")]` on a non-key field; mirrors
+/// `oversync_diesel::ValueKind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueKindOverride {
+    Text,
+    Integer,
+    Real,
+    Bool,
+    Blob,
+    Timestamp,
+    TimestampTz,
+    Date,
+    Time,
+    Uuid,
+}
+
+impl ValueKindOverride {
+    /// The names `kind = "..."` accepts, in the order the error message lists them.
+    const NAMES: [(&'static str, ValueKindOverride); 10] = [
+        ("text", ValueKindOverride::Text),
+        ("integer", ValueKindOverride::Integer),
+        ("real", ValueKindOverride::Real),
+        ("bool", ValueKindOverride::Bool),
+        ("blob", ValueKindOverride::Blob),
+        ("timestamp", ValueKindOverride::Timestamp),
+        ("timestamptz", ValueKindOverride::TimestampTz),
+        ("date", ValueKindOverride::Date),
+        ("time", ValueKindOverride::Time),
+        ("uuid", ValueKindOverride::Uuid),
+    ];
+
+    fn from_name(name: &str) -> Option<Self> {
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, kind)| *kind)
+    }
+}
+
 /// Field-level options.
 #[derive(Default)]
 pub struct FieldAttrs {
@@ -41,6 +80,8 @@ pub struct FieldAttrs {
     pub key: Option<Span>,
     /// `#[sync(key, kind = "text" | "blob")]`, for key types the derive cannot classify.
     pub key_kind: Option<(KeyKindOverride, Span)>,
+    /// `#[sync(kind = "...")]` on a non-key field, for value types the derive cannot classify.
+    pub value_kind: Option<(ValueKindOverride, Span)>,
     /// `#[sync(blob)]`: this column stores BLOBs although its Rust type is not a byte type.
     pub blob: Option<Span>,
 }
@@ -68,6 +109,7 @@ pub fn parse_struct_attrs(attrs: &[Attribute]) -> syn::Result<StructAttrs> {
 
 pub fn parse_field_attrs(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
     let mut out = FieldAttrs::default();
+    let mut kind_given: Option<(String, Span)> = None;
     for attr in attrs {
         if attr.path().is_ident("diesel") {
             for meta in attr.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)? {
@@ -93,17 +135,42 @@ pub fn parse_field_attrs(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
                         }
                         out.key = Some(span);
                     }
-                    SyncOption::Kind(kind, span) => out.key_kind = Some((kind, span)),
+                    SyncOption::Kind(kind, span) => kind_given = Some((kind, span)),
                     SyncOption::Blob(span) => out.blob = Some(span),
                 }
             }
         }
     }
-    if let (Some((_, span)), None) = (out.key_kind, out.key) {
-        return Err(syn::Error::new(
-            span,
-            "`kind` only applies to the key field: write `#[sync(key, kind = \"text\")]`",
-        ));
+    // On the key field `kind` says how the UUID is stored; elsewhere it names the value kind.
+    if let Some((name, span)) = kind_given {
+        if out.key.is_some() {
+            let kind = match name.as_str() {
+                "text" => KeyKindOverride::Text,
+                "blob" => KeyKindOverride::Blob,
+                _ => {
+                    return Err(syn::Error::new(
+                        span,
+                        "on the key `kind` is \"text\" (canonical UUID string) or \"blob\" (16 bytes)",
+                    ));
+                }
+            };
+            out.key_kind = Some((kind, span));
+        } else {
+            let kind = ValueKindOverride::from_name(&name).ok_or_else(|| {
+                let names: Vec<String> = ValueKindOverride::NAMES
+                    .iter()
+                    .map(|(n, _)| format!("\"{n}\""))
+                    .collect();
+                syn::Error::new(
+                    span,
+                    format!(
+                        "unknown value kind {name:?}: expected one of {}",
+                        names.join(", ")
+                    ),
+                )
+            })?;
+            out.value_kind = Some((kind, span));
+        }
     }
     Ok(out)
 }
@@ -111,7 +178,7 @@ pub fn parse_field_attrs(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
 /// One option inside `#[sync(...)]`.
 enum SyncOption {
     Key(Span),
-    Kind(KeyKindOverride, Span),
+    Kind(String, Span),
     Blob(Span),
 }
 
@@ -131,23 +198,13 @@ impl Parse for SyncOption {
             "kind" => {
                 input.parse::<Token![=]>()?;
                 let lit: LitStr = input.parse()?;
-                let kind = match lit.value().as_str() {
-                    "text" => KeyKindOverride::Text,
-                    "blob" => KeyKindOverride::Blob,
-                    _ => {
-                        return Err(syn::Error::new(
-                            lit.span(),
-                            "`kind` is \"text\" (canonical UUID string) or \"blob\" (16 bytes)",
-                        ));
-                    }
-                };
-                Ok(SyncOption::Kind(kind, lit.span()))
+                Ok(SyncOption::Kind(lit.value(), lit.span()))
             }
             "blob" => Ok(SyncOption::Blob(ident.span())),
             other => Err(syn::Error::new(
                 ident.span(),
                 format!(
-                    "unknown sync option `{other}`: expected `key`, `kind = \"text\"|\"blob\"` or `blob`"
+                    "unknown sync option `{other}`: expected `key`, `kind = \"...\"` or `blob`"
                 ),
             )),
         }

@@ -1,6 +1,8 @@
 //! One struct field as a synced column: its SQL name and what its Rust type says about storage.
 
-use crate::attrs::{FieldAttrs, KeyKindOverride, parse_field_attrs};
+use crate::attrs::{
+    FieldAttrs, KeyKindOverride, ValueKindOverride as ValueKind, parse_field_attrs,
+};
 use proc_macro2::Span;
 use syn::spanned::Spanned;
 use syn::{GenericArgument, PathArguments, Type};
@@ -62,14 +64,29 @@ impl Field {
     pub fn is_blob(&self) -> bool {
         self.attrs.blob.is_some()
             || matches!(self.attrs.key_kind, Some((KeyKindOverride::Blob, _)))
+            || matches!(self.attrs.value_kind, Some((ValueKind::Blob, _)))
             || is_byte_type(strip_option(&self.ty))
+    }
+
+    /// What the column's values are: the key holds a UUID; otherwise `#[sync(kind = ...)]`,
+    /// `#[sync(blob)]`, then the Rust type decide.
+    pub fn value_kind(&self) -> ValueKind {
+        if self.attrs.key.is_some() {
+            return ValueKind::Uuid;
+        }
+        if let Some((kind, _)) = self.attrs.value_kind {
+            return kind;
+        }
+        if self.attrs.blob.is_some() {
+            return ValueKind::Blob;
+        }
+        classify_value_type(strip_option(&self.ty))
     }
 
     /// Whether the field is a float, whose JSON rendering needs 17 significant digits: SQLite's
     /// `json_object` keeps only 15, which would change the value on its way to the server.
     pub fn is_real(&self) -> bool {
-        last_segment(strip_option(&self.ty))
-            .is_some_and(|s| (s.ident == "f64" || s.ident == "f32") && s.arguments.is_empty())
+        self.value_kind() == ValueKind::Real
     }
 
     pub fn key_type(&self) -> KeyType {
@@ -163,5 +180,27 @@ fn classify_key_type(ty: &Type) -> KeyType {
         "f32" | "f64" | "bool" | "char" | "NaiveDate" | "NaiveDateTime" | "NaiveTime"
         | "DateTime" | "SystemTime" | "Duration" => KeyType::Unsuitable,
         _ => KeyType::Unknown,
+    }
+}
+
+/// The value kind a (non-`Option`) Rust type implies. Types the derive cannot see through
+/// (newtypes, aliases) are stored as they come (`Text`) unless `kind = ...` says otherwise.
+fn classify_value_type(ty: &Type) -> ValueKind {
+    if is_byte_type(ty) {
+        return ValueKind::Blob;
+    }
+    let Some(seg) = last_segment(ty) else {
+        return ValueKind::Text;
+    };
+    match seg.ident.to_string().as_str() {
+        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" => ValueKind::Integer,
+        "f32" | "f64" => ValueKind::Real,
+        "bool" => ValueKind::Bool,
+        "NaiveDateTime" => ValueKind::Timestamp,
+        "DateTime" => ValueKind::TimestampTz,
+        "NaiveDate" => ValueKind::Date,
+        "NaiveTime" => ValueKind::Time,
+        "Uuid" => ValueKind::Uuid,
+        _ => ValueKind::Text,
     }
 }

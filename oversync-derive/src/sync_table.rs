@@ -1,5 +1,6 @@
 //! Turns a [`Model`] into `impl oversync_diesel::SyncTable`.
 
+use crate::attrs::ValueKindOverride as ValueKind;
 use crate::model::Model;
 use crate::triggers::{Column, TableTriggers};
 use proc_macro2::TokenStream;
@@ -42,7 +43,8 @@ fn expand(model: &Model) -> TokenStream {
     let columns = model.fields.iter().map(|f| {
         let name = &f.column_name;
         let is_blob = f.is_blob();
-        quote!(::oversync_diesel::ColumnSpec { name: #name, is_blob: #is_blob })
+        let kind = value_kind_tokens(f.value_kind());
+        quote!(::oversync_diesel::ColumnSpec { name: #name, is_blob: #is_blob, kind: #kind })
     });
     let trigger_specs = triggers.iter().map(|t| {
         let (name, sql) = (&t.name, &t.sql);
@@ -62,6 +64,22 @@ fn expand(model: &Model) -> TokenStream {
             };
         }
     }
+}
+
+fn value_kind_tokens(kind: ValueKind) -> TokenStream {
+    let variant = match kind {
+        ValueKind::Text => quote!(Text),
+        ValueKind::Integer => quote!(Integer),
+        ValueKind::Real => quote!(Real),
+        ValueKind::Bool => quote!(Bool),
+        ValueKind::Blob => quote!(Blob),
+        ValueKind::Timestamp => quote!(Timestamp),
+        ValueKind::TimestampTz => quote!(TimestampTz),
+        ValueKind::Date => quote!(Date),
+        ValueKind::Time => quote!(Time),
+        ValueKind::Uuid => quote!(Uuid),
+    };
+    quote!(::oversync_diesel::ValueKind::#variant)
 }
 
 #[cfg(test)]

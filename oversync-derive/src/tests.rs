@@ -80,6 +80,63 @@ fn custom_key_type_with_kind() {
 }
 
 #[test]
+fn value_kinds_follow_the_rust_types() {
+    let out = expand(
+        r#"
+        struct Row {
+            #[sync(key)]
+            id: String,
+            name: String,
+            small: Option<i32>,
+            big: i64,
+            ratio: Option<f64>,
+            flag: bool,
+            data: Option<Vec<u8>>,
+            at: chrono::NaiveDateTime,
+            at_tz: Option<DateTime<Utc>>,
+            day: NaiveDate,
+            clock: Option<chrono::NaiveTime>,
+            other: uuid::Uuid,
+            wrapped: Wrapped,
+            #[sync(kind = "timestamp")]
+            stamp: Stamp,
+            #[sync(blob, kind = "uuid")]
+            owner: Vec<u8>,
+            #[sync(kind = "bool")]
+            on: MyBool,
+        }
+        "#,
+    );
+    let compact: String = out.split_whitespace().collect();
+    for (column, kind) in [
+        ("id", "Uuid"),
+        ("name", "Text"),
+        ("small", "Integer"),
+        ("big", "Integer"),
+        ("ratio", "Real"),
+        ("flag", "Bool"),
+        ("data", "Blob"),
+        ("at", "Timestamp"),
+        ("at_tz", "TimestampTz"),
+        ("day", "Date"),
+        ("clock", "Time"),
+        ("other", "Uuid"),
+        ("wrapped", "Text"),
+        ("stamp", "Timestamp"),
+        ("owner", "Uuid"),
+        ("on", "Bool"),
+    ] {
+        assert!(
+            compact.contains(&format!(
+                "name:\"{column}\",is_blob:{},kind:::oversync_diesel::ValueKind::{kind},",
+                matches!(column, "data" | "owner")
+            )),
+            "{column} should be {kind}:\n{out}"
+        );
+    }
+}
+
+#[test]
 fn rejections_say_what_to_do() {
     assert!(
         error("struct A { id: String }")
@@ -108,6 +165,14 @@ fn rejections_say_what_to_do() {
     );
     assert!(
         error("struct A { #[sync(key, nope)] id: String }").contains("unknown sync option `nope`")
+    );
+    assert!(
+        error(r#"struct A { #[sync(key, kind = "uuid")] id: String }"#)
+            .contains("on the key `kind` is")
+    );
+    assert!(
+        error(r#"struct A { #[sync(key)] id: String, #[sync(kind = "datetime")] at: X }"#)
+            .contains("unknown value kind \"datetime\"")
     );
 }
 

@@ -5,11 +5,17 @@
 //!   canonical lowercase dashed UUID strings;
 //! - SQL: the values bound into the app's tables when server data is applied.
 //!
+//! Dates and times change form too (see [`ValueKind`]): locally they are Diesel's SQLite
+//! text, on the wire RFC 3339 in UTC, and whatever form the server answers with (PostgreSQL's
+//! `2026-12-01T19:38:25.351548+00:00`, ...) is written back as Diesel's text, so sorting and
+//! comparing the column as text keeps working. Text that is not a date or time stays as is.
+//!
 //! Everything coming from the server is validated here before it can touch a table or a
 //! checkpoint; a violation is an [`InvalidResponse`](crate::Error::InvalidResponse).
 
 use crate::error::{Error, Result};
-use crate::table::{KeyKind, TableSpec};
+use crate::table::{ColumnSpec, KeyKind, TableSpec, ValueKind};
+use crate::temporal::{Moment, canonical_date, canonical_time};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Map, Value};
@@ -19,9 +25,15 @@ use serde_json::{Map, Value};
 pub(crate) type UuidRefs =
     std::collections::HashMap<&'static str, std::collections::HashSet<String>>;
 
+/// The hidden owner column of server tables; never part of a payload.
+const SCOPE_COLUMN: &str = "_sync_scope_id";
+
 /// Whether column `name` of `spec` travels as UUID text rather than base64.
 pub(crate) fn is_uuid_column(spec: &TableSpec, refs: &UuidRefs, name: &str) -> bool {
     (name.eq_ignore_ascii_case(spec.key_column) && spec.key_kind == KeyKind::Blob)
+        || spec
+            .column(name)
+            .is_some_and(|c| c.is_blob && c.kind == ValueKind::Uuid)
         || refs
             .get(spec.table_name)
             .is_some_and(|cols| cols.contains(&name.to_lowercase()))
@@ -126,6 +138,14 @@ pub(crate) fn payload_local_to_wire(
             spec.table_name
         ))
     })?;
+    for col in spec.columns {
+        let name = col.name.to_lowercase();
+        if let Some(Value::String(text)) = map.get_mut(&name)
+            && let Some(wire) = temporal_local_to_wire(col, text)
+        {
+            *text = wire;
+        }
+    }
     for col in spec.columns.iter().filter(|c| c.is_blob) {
         let name = col.name.to_lowercase();
         let Some(Value::String(hex_text)) = map.get(&name) else {
@@ -177,6 +197,105 @@ pub(crate) fn payload_wire_to_local(
     Ok(out)
 }
 
+/// A captured timestamp -> RFC 3339 in UTC (naive timestamps are UTC, as Diesel's
+/// `TimestamptzSqlite` reads them), so a `timestamptz` server column stores the same instant
+/// whatever its session time zone. Dates, times and non-timestamp text go as captured.
+fn temporal_local_to_wire(col: &ColumnSpec, text: &str) -> Option<String> {
+    match col.kind {
+        ValueKind::Timestamp | ValueKind::TimestampTz => {
+            Moment::parse_timestamp(text)?.wire_timestamp()
+        }
+        _ => None,
+    }
+}
+
+/// Server text -> the local text Diesel writes for the column's kind, or `None` to keep the
+/// text as it is (not a date or time: stored verbatim, as a TEXT column would be).
+fn temporal_wire_to_local(col: &ColumnSpec, text: &str) -> Option<String> {
+    match col.kind {
+        ValueKind::Timestamp => Moment::parse_timestamp(text)?.local_timestamp(),
+        ValueKind::TimestampTz => Moment::parse_timestamp(text)?.local_timestamptz(),
+        ValueKind::Date => canonical_date(text),
+        ValueKind::Time => canonical_time(text),
+        _ => None,
+    }
+}
+
+/// Rejects payload columns the model does not have, and the server's hidden owner column,
+/// whatever server sent them: nothing may reach the app's table unchecked.
+fn check_payload_columns(spec: &TableSpec, wire: &Map<String, Value>) -> Result<()> {
+    for name in wire.keys() {
+        if name.eq_ignore_ascii_case(SCOPE_COLUMN) {
+            return Err(invalid(format!(
+                "{}: payload carries the hidden column {SCOPE_COLUMN}",
+                spec.table_name
+            )));
+        }
+        if spec.column(name).is_none() {
+            let shown: String = name.chars().take(64).collect();
+            return Err(invalid(format!(
+                "{}: payload has column {shown:?}, which the model does not have",
+                spec.table_name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A wire row -> the JSON a model's serde `Deserialize` reads (what a conflict resolver
+/// receives): BLOBs as byte arrays, booleans as JSON booleans, dates and times in the text
+/// `chrono`'s serde forms parse. Values that do not fit stay as they are, for serde to judge.
+pub(crate) fn wire_to_model_json(
+    spec: &TableSpec,
+    refs: &UuidRefs,
+    row: &Map<String, Value>,
+) -> Map<String, Value> {
+    let mut model = row.clone();
+    for col in spec.columns {
+        let name = col.name.to_lowercase();
+        let Some(value) = model.get_mut(&name) else {
+            continue;
+        };
+        let converted = match (&*value, col.kind) {
+            (Value::String(s), _) if col.is_blob => if is_uuid_column(spec, refs, col.name) {
+                uuid::Uuid::try_parse(s).ok().map(|u| u.as_bytes().to_vec())
+            } else {
+                BASE64.decode(s).ok()
+            }
+            .map(|bytes| Value::Array(bytes.into_iter().map(Value::from).collect())),
+            (Value::Number(n), ValueKind::Bool) => match n.as_i64() {
+                Some(0) => Some(Value::Bool(false)),
+                Some(1) => Some(Value::Bool(true)),
+                _ => None,
+            },
+            (Value::String(s), ValueKind::Timestamp) => Moment::parse_timestamp(s)
+                .and_then(Moment::local_timestamp)
+                .map(|t| Value::String(t.replacen(' ', "T", 1))),
+            (Value::String(s), ValueKind::TimestampTz) => Moment::parse_timestamp(s)
+                .and_then(Moment::wire_timestamp)
+                .map(Value::String),
+            (Value::String(s), ValueKind::Date | ValueKind::Time) => {
+                temporal_wire_to_local(col, s).map(Value::String)
+            }
+            _ => None,
+        };
+        if let Some(converted) = converted {
+            *value = converted;
+        }
+    }
+    model
+}
+
+/// A value of a serialized model (a merged conflict row) -> wire: booleans as 0/1, which both
+/// `boolean` and integer server columns take, timestamps as RFC 3339 in UTC.
+pub(crate) fn model_value_to_wire(col: &ColumnSpec, value: Value) -> Value {
+    match (value, col.kind) {
+        (Value::Bool(b), ValueKind::Bool) => Value::from(i64::from(b)),
+        (Value::String(s), _) => Value::String(temporal_local_to_wire(col, &s).unwrap_or(s)),
+        (other, _) => other,
+    }
+}
+
 /// A value to bind into an app table.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum SqlValue {
@@ -188,12 +307,15 @@ pub(crate) enum SqlValue {
 }
 
 /// Wire payload -> one SQL value per model column, in model order. Every model column must
-/// be present; columns the model does not know are ignored (the server may have more).
+/// be present and no other: a column the model does not have (or the hidden owner column) is
+/// an [`InvalidResponse`](crate::Error::InvalidResponse), on every path that takes server rows
+/// (pull, push replay, snapshot, conflict rows).
 pub(crate) fn sql_values(
     spec: &TableSpec,
     refs: &UuidRefs,
     wire: &Map<String, Value>,
 ) -> Result<Vec<SqlValue>> {
+    check_payload_columns(spec, wire)?;
     let mut out = Vec::with_capacity(spec.columns.len());
     for col in spec.columns {
         let name = col.name.to_lowercase();
@@ -246,7 +368,9 @@ pub(crate) fn sql_values(
                     spec.table_name, col.name
                 ))
             })?),
-            Value::String(s) => SqlValue::Text(s.clone()),
+            Value::String(s) => {
+                SqlValue::Text(temporal_wire_to_local(col, s).unwrap_or_else(|| s.clone()))
+            }
             Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
             Value::Number(n) => match (n.as_i64(), n.as_f64()) {
                 (Some(i), _) => SqlValue::Integer(i),
@@ -284,7 +408,6 @@ pub(crate) fn check_payload_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::ColumnSpec;
 
     const SPEC: TableSpec = TableSpec {
         table_name: "files",
@@ -294,14 +417,17 @@ mod tests {
             ColumnSpec {
                 name: "id",
                 is_blob: true,
+                kind: ValueKind::Uuid,
             },
             ColumnSpec {
                 name: "name",
                 is_blob: false,
+                kind: ValueKind::Text,
             },
             ColumnSpec {
                 name: "data",
                 is_blob: true,
+                kind: ValueKind::Blob,
             },
         ],
         triggers: &[],
@@ -370,13 +496,147 @@ mod tests {
             sql_values(&SPEC, &UuidRefs::new(), &bad_b64),
             Err(Error::InvalidResponse(_))
         ));
-        let extra: Map<String, Value> = serde_json::from_str(
+        for extra in [
             r#"{"id":"01234567-89ab-cdef-0123-456789abcdef","name":"a","data":null,"new_col":1}"#,
-        )
+            r#"{"id":"01234567-89ab-cdef-0123-456789abcdef","name":"a","data":null,"_sync_scope_id":"u"}"#,
+            r#"{"id":"01234567-89ab-cdef-0123-456789abcdef","name":"a","data":null,"_SYNC_SCOPE_ID":"u"}"#,
+        ] {
+            let extra: Map<String, Value> = serde_json::from_str(extra).unwrap();
+            let err = sql_values(&SPEC, &UuidRefs::new(), &extra).unwrap_err();
+            assert!(matches!(err, Error::InvalidResponse(_)), "{err}");
+        }
+    }
+
+    fn column(name: &'static str, kind: ValueKind) -> ColumnSpec {
+        ColumnSpec {
+            name,
+            is_blob: matches!(kind, ValueKind::Blob),
+            kind,
+        }
+    }
+
+    const KINDS: TableSpec = TableSpec {
+        table_name: "kinds",
+        key_column: "id",
+        key_kind: KeyKind::Text,
+        columns: &[
+            ColumnSpec {
+                name: "id",
+                is_blob: false,
+                kind: ValueKind::Uuid,
+            },
+            ColumnSpec {
+                name: "ts",
+                is_blob: false,
+                kind: ValueKind::Timestamp,
+            },
+            ColumnSpec {
+                name: "tz",
+                is_blob: false,
+                kind: ValueKind::TimestampTz,
+            },
+            ColumnSpec {
+                name: "d",
+                is_blob: false,
+                kind: ValueKind::Date,
+            },
+            ColumnSpec {
+                name: "t",
+                is_blob: false,
+                kind: ValueKind::Time,
+            },
+            ColumnSpec {
+                name: "flag",
+                is_blob: false,
+                kind: ValueKind::Bool,
+            },
+            ColumnSpec {
+                name: "u",
+                is_blob: true,
+                kind: ValueKind::Uuid,
+            },
+        ],
+        triggers: &[],
+        up_sql: "",
+        down_sql: "",
+    };
+
+    #[test]
+    fn server_date_and_time_forms_come_back_in_diesel_form() {
+        let wire: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "id": "01234567-89ab-cdef-0123-456789abcdef",
+            "ts": "2026-12-01T19:38:25.351548",
+            "tz": "2026-12-01T20:38:25.35+01:00",
+            "d": "2026-12-01",
+            "t": "19:38:25.351548",
+            "flag": true,
+            "u": "11111111-2222-3333-4444-555555555555",
+        }))
         .unwrap();
+        let values = sql_values(&KINDS, &UuidRefs::new(), &wire).unwrap();
         assert_eq!(
-            sql_values(&SPEC, &UuidRefs::new(), &extra).unwrap()[2],
-            SqlValue::Null
+            values[1..6],
+            [
+                SqlValue::Text("2026-12-01 19:38:25.351548".into()),
+                SqlValue::Text("2026-12-01 19:38:25.350+00:00".into()),
+                SqlValue::Text("2026-12-01".into()),
+                SqlValue::Text("19:38:25.351548".into()),
+                SqlValue::Integer(1),
+            ]
+        );
+        assert_eq!(
+            values[6],
+            SqlValue::Blob(
+                uuid::Uuid::parse_str("11111111-2222-3333-4444-555555555555")
+                    .unwrap()
+                    .as_bytes()
+                    .to_vec()
+            )
+        );
+        // Text that is no date stays verbatim.
+        let mut odd = wire.clone();
+        odd.insert("ts".into(), Value::String("infinity".into()));
+        assert_eq!(
+            sql_values(&KINDS, &UuidRefs::new(), &odd).unwrap()[1],
+            SqlValue::Text("infinity".into())
+        );
+    }
+
+    #[test]
+    fn local_timestamps_go_out_as_utc_rfc3339_and_come_back_unchanged() {
+        let local = r#"{"id":"01234567-89ab-cdef-0123-456789abcdef","ts":"2026-12-01 19:39:31.502061202","tz":"2026-12-01 19:39:31.5+00:00","d":"2026-12-01","t":"19:39:31","flag":0,"u":"11111111222233334444555555555555"}"#;
+        let wire = payload_local_to_wire(&KINDS, &UuidRefs::new(), local).unwrap();
+        assert_eq!(wire["ts"], "2026-12-01T19:39:31.502061202Z");
+        assert_eq!(wire["tz"], "2026-12-01T19:39:31.500Z");
+        assert_eq!(wire["flag"], 0);
+        assert_eq!(wire["u"], "11111111-2222-3333-4444-555555555555");
+        let back = payload_wire_to_local(&KINDS, &UuidRefs::new(), &wire).unwrap();
+        assert_eq!(back["ts"], "2026-12-01 19:39:31.502061202");
+        assert_eq!(back["tz"], "2026-12-01 19:39:31.500+00:00");
+        assert_eq!(back["u"], "11111111222233334444555555555555");
+    }
+
+    #[test]
+    fn model_json_uses_serde_friendly_forms() {
+        let wire: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "ts": "2026-12-01 19:38:25.351548+00",
+            "tz": "2026-12-01T19:38:25+00:00",
+            "flag": 1,
+        }))
+        .unwrap();
+        let model = wire_to_model_json(&KINDS, &UuidRefs::new(), &wire);
+        assert_eq!(model["ts"], "2026-12-01T19:38:25.351548");
+        assert_eq!(model["tz"], "2026-12-01T19:38:25Z");
+        assert_eq!(model["flag"], true);
+        let flag = column("flag", ValueKind::Bool);
+        assert_eq!(
+            model_value_to_wire(&flag, Value::Bool(true)),
+            Value::from(1)
+        );
+        let ts = column("ts", ValueKind::Timestamp);
+        assert_eq!(
+            model_value_to_wire(&ts, Value::String("2026-12-01T19:38:25.351548".into())),
+            "2026-12-01T19:38:25.351548Z"
         );
     }
 }

@@ -163,23 +163,7 @@ fn decode_model<T: serde::de::DeserializeOwned>(
     refs: &crate::codec::UuidRefs,
     row: &Map<String, Value>,
 ) -> Result<T> {
-    let mut model = row.clone();
-    for col in spec.columns.iter().filter(|c| c.is_blob) {
-        let name = col.name.to_lowercase();
-        if let Some(Value::String(s)) = model.get(&name) {
-            let bytes = if crate::codec::is_uuid_column(spec, refs, col.name) {
-                uuid::Uuid::try_parse(s).map(|u| u.as_bytes().to_vec()).ok()
-            } else {
-                BASE64.decode(s).ok()
-            };
-            if let Some(bytes) = bytes {
-                model.insert(
-                    name,
-                    Value::Array(bytes.into_iter().map(Value::from).collect()),
-                );
-            }
-        }
-    }
+    let model = crate::codec::wire_to_model_json(spec, refs, row);
     serde_json::from_value(Value::Object(model)).map_err(|e| {
         Error::InvalidResolution(format!(
             "{}: row does not decode as the model: {e}",
@@ -226,7 +210,7 @@ pub(crate) fn merged_to_wire(
                     Value::String(BASE64.encode(bytes))
                 }
             }
-            other => other,
+            other => crate::codec::model_value_to_wire(col, other),
         };
         if is_key && value.as_str() != Some(key) {
             return Err(fail("the key must stay the conflicting row's key".into()));

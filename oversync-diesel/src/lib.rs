@@ -73,6 +73,7 @@ mod snapshot;
 mod state;
 mod status;
 mod table;
+mod temporal;
 pub mod transport;
 mod validate;
 mod watch;
@@ -92,7 +93,7 @@ pub use push::PushOutcome;
 pub use quarantine::QuarantinedRow;
 pub use snapshot::RebuildReport;
 pub use status::{Binding, PendingSyncStatus, SourceInfo, SyncStatus};
-pub use table::{ColumnSpec, KeyKind, SyncTable, TableSpec, TriggerSpec};
+pub use table::{ColumnSpec, KeyKind, SyncTable, TableSpec, TriggerSpec, ValueKind};
 pub use transport::{
     StaticToken, TokenProvider, Transport, TransportConfig, TransportError, token_fn,
 };

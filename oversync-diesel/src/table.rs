@@ -9,6 +9,34 @@ pub enum KeyKind {
     Blob,
 }
 
+/// What a column's values are, as the model field's Rust type says (or `#[sync(kind = ...)]`).
+///
+/// The kind decides how a value changes form between SQLite and the server, so that a value
+/// written locally reads back in the same text form after a sync (see the README's type table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ValueKind {
+    /// Anything stored as it comes (`String` and types the derive cannot see through).
+    Text,
+    /// `i8`..`i64`, `u8`..`u32`: SQLite INTEGER; server booleans arrive as 0/1.
+    Integer,
+    /// `f32`/`f64`: SQLite REAL.
+    Real,
+    /// `bool`: SQLite 0/1, server `boolean` (or an integer column).
+    Bool,
+    /// Byte types: SQLite BLOB, base64 on the wire.
+    Blob,
+    /// `chrono::NaiveDateTime` (Diesel `Timestamp`): `YYYY-MM-DD HH:MM:SS[.f]`, taken as UTC.
+    Timestamp,
+    /// `chrono::DateTime<Utc>` (Diesel `TimestamptzSqlite`): `YYYY-MM-DD HH:MM:SS[.f]+00:00`.
+    TimestampTz,
+    /// `chrono::NaiveDate` (Diesel `Date`): `YYYY-MM-DD`.
+    Date,
+    /// `chrono::NaiveTime` (Diesel `Time`): `HH:MM:SS[.f]`.
+    Time,
+    /// `uuid::Uuid` or a UUID key: canonical text, or 16 bytes in a BLOB column.
+    Uuid,
+}
+
 /// One column of a synced table, in model field order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ColumnSpec {
@@ -16,6 +44,8 @@ pub struct ColumnSpec {
     pub name: &'static str,
     /// The column stores BLOBs: captured as lowercase hex, sent as base64 (UUID text for keys).
     pub is_blob: bool,
+    /// What the values are, which fixes their local and wire text forms.
+    pub kind: ValueKind,
 }
 
 /// One trigger the table's sync migration installs.
@@ -65,6 +95,11 @@ impl TableSpec {
 ///   `uuid::Uuid` for a `TEXT` column, `Vec<u8>` or `[u8; 16]` for a 16-byte `BLOB` column. For
 ///   a newtype write `#[sync(key, kind = "text")]` or `#[sync(key, kind = "blob")]`.
 /// - `#[sync(blob)]` marks a non-key column as `BLOB` when its type is not a byte type.
+/// - `#[sync(kind = "...")]` on a non-key field names its [`ValueKind`] when the type does not
+///   tell (a newtype): `"text"`, `"integer"`, `"real"`, `"bool"`, `"blob"`, `"timestamp"`,
+///   `"timestamptz"`, `"date"`, `"time"` or `"uuid"` (with `blob` for a 16-byte UUID column).
+///   Without it the kind follows the type: `String`, integers, `f32`/`f64`, `bool`, byte types,
+///   `NaiveDateTime`, `DateTime<_>`, `NaiveDate`, `NaiveTime`, `Uuid` and `Option`s of these.
 ///
 /// Missing, repeated, integer, `Option<_>` and non-UUID keys are compile errors.
 ///

@@ -64,6 +64,12 @@ pub struct DemoConfig {
     pub limits: Limits,
     /// Watch settings.
     pub watch: WatchConfig,
+    /// Test-only tables beyond the reference's business schema: idempotent SQL run after the
+    /// business schema, and the tables it creates, registered for sync. Empty by default, so
+    /// the server stays a drop-in for the reference.
+    pub extra_schema_sql: String,
+    /// The tables `extra_schema_sql` creates.
+    pub extra_tables: Vec<TableSpec>,
 }
 
 impl DemoConfig {
@@ -76,6 +82,8 @@ impl DemoConfig {
             business_schema: "business".to_owned(),
             limits: Limits::default(),
             watch: WatchConfig::default(),
+            extra_schema_sql: String::new(),
+            extra_tables: Vec::new(),
         }
     }
 }
@@ -348,9 +356,13 @@ pub async fn build_app(config: DemoConfig) -> Result<DemoApp, DemoError> {
         client
             .batch_execute(&business_schema_sql(&config.business_schema))
             .await?;
+        if !config.extra_schema_sql.is_empty() {
+            client.batch_execute(&config.extra_schema_sql).await?;
+        }
     }
-    let mut service_config =
-        ServiceConfig::new(&config.app_name, registered_tables(&config.business_schema));
+    let mut tables = registered_tables(&config.business_schema);
+    tables.extend(config.extra_tables.iter().cloned());
+    let mut service_config = ServiceConfig::new(&config.app_name, tables);
     service_config.limits = config.limits.clone();
     service_config.watch = config.watch.clone();
     let service = SyncService::start(pg_config, service_config).await?;

@@ -498,3 +498,42 @@ mod tests {
         );
     }
 }
+
+/// Schema of the test-only value-kinds table, apart from the reference's `business` schema.
+pub const VALUE_KINDS_SCHEMA: &str = "value_kinds";
+
+/// A configuration hook for [`TestServer::start_with`] that adds the test-only table
+/// `value_kinds.value_rows`: one column per server type a synced Diesel value lands in
+/// (TEXT, INTEGER, BIGINT, DOUBLE PRECISION, BOOLEAN, BYTEA, TIMESTAMP, TIMESTAMPTZ, DATE,
+/// TIME, UUID), plus a boolean model field on a BIGINT column and a naive timestamp on a
+/// TIMESTAMPTZ column. Used to check that values keep their local form through a sync.
+pub fn with_value_kinds_table(config: &mut DemoConfig) {
+    config.extra_schema_sql = format!(
+        "CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.value_rows (
+    _sync_scope_id TEXT NOT NULL,
+    id UUID NOT NULL,
+    label TEXT NOT NULL,
+    small INTEGER NULL,
+    big BIGINT NULL,
+    ratio DOUBLE PRECISION NULL,
+    flag BOOLEAN NULL,
+    flag_int BIGINT NULL,
+    data BYTEA NULL,
+    at_naive TIMESTAMP NULL,
+    at_tz TIMESTAMPTZ NULL,
+    naive_in_tz TIMESTAMPTZ NULL,
+    day DATE NULL,
+    clock TIME NULL,
+    ref_text UUID NULL,
+    ref_blob UUID NULL,
+    PRIMARY KEY (_sync_scope_id, id)
+);",
+        s = VALUE_KINDS_SCHEMA
+    );
+    config.extra_tables = vec![oversync_server::TableSpec::new(
+        VALUE_KINDS_SCHEMA,
+        "value_rows",
+        "id",
+    )];
+}
