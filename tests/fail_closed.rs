@@ -233,7 +233,7 @@ async fn refused_replacement(setup: &str, replacement: Option<&str>) {
     let name = fresh_user("stale-replacement");
     let mut d = attached_via(&server, &proxy, &name).await;
     let current = d.conn.oversync().source_info().unwrap().current_source_id;
-    let replacement = replacement.unwrap_or(&current).to_string();
+    let replacement = replacement.unwrap_or(current.as_str()).to_string();
     d.conn
         .batch_execute(&setup.replace("{R}", &replacement))
         .expect("setup");
