@@ -274,7 +274,8 @@ async fn pruned_already_committed_tuple_rotates_without_duplicating() {
     let dying = token_fn(move |_refresh| {
         let (counter, base, who) = (counter.clone(), base.clone(), who.clone());
         async move {
-            if counter.fetch_add(1, Ordering::SeqCst) >= 3 {
+            // capabilities (checked once per transport), create, one chunk, commit.
+            if counter.fetch_add(1, Ordering::SeqCst) >= 4 {
                 return Err(AuthError("simulated crash".into()));
             }
             sign_in(&base, &who).await
@@ -331,7 +332,8 @@ async fn interrupted_rebuild_keeps_previous_data_and_the_next_one_finishes() {
     let dying = token_fn(move |_refresh| {
         let (counter, base, who) = (counter.clone(), base.clone(), who.clone());
         async move {
-            if counter.fetch_add(1, Ordering::SeqCst) >= 2 {
+            // capabilities (checked once per transport), the session, one chunk.
+            if counter.fetch_add(1, Ordering::SeqCst) >= 3 {
                 return Err(AuthError("network gone".into()));
             }
             sign_in(&base, &who).await

@@ -835,8 +835,9 @@ async fn restart_between_commit_and_replay_resumes_without_loss_or_duplication()
     let dying = oversync_diesel::transport::token_fn(move |_refresh| {
         let (counter, base, user_name) = (counter.clone(), base.clone(), user_name.clone());
         async move {
-            // create session, one chunk, commit: then the lights go out.
-            if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 3 {
+            // capabilities (checked once per transport), create session, one chunk,
+            // commit: then the lights go out.
+            if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 4 {
                 return Err(oversync_diesel::transport::AuthError(
                     "simulated crash".into(),
                 ));

@@ -64,6 +64,9 @@ pub(crate) struct Runtime {
     pub resolver: Arc<dyn ConflictResolver>,
     pub events: broadcast::Sender<SyncEvent>,
     pub limits: Option<BundleCapabilitiesLimits>,
+    /// Whether this runtime has checked the server's protocol version (reset with the
+    /// transport): push and pull check it once before their first request.
+    pub capabilities_checked: bool,
     pub uuid_refs: crate::codec::UuidRefs,
     /// Row order of push bundles, from the foreign keys `open()` read.
     pub push_order: crate::order::PushOrder,
@@ -97,6 +100,7 @@ impl OversyncConnection {
                 resolver: Arc::new(ServerWins),
                 events: broadcast::channel(1024).0,
                 limits: None,
+                capabilities_checked: false,
                 uuid_refs: Default::default(),
                 push_order: Default::default(),
             },
@@ -125,6 +129,7 @@ impl OversyncConnection {
         });
         self.runtime.transport = Some(transport);
         self.runtime.limits = None;
+        self.runtime.capabilities_checked = false;
     }
 
     /// Builder form of [`set_transport`](Self::set_transport).
@@ -165,6 +170,7 @@ impl OversyncConnection {
         other.runtime.resolver = self.runtime.resolver.clone();
         other.runtime.events = self.runtime.events.clone();
         other.runtime.limits = self.runtime.limits.clone();
+        other.runtime.capabilities_checked = self.runtime.capabilities_checked;
         Ok(other)
     }
 

@@ -69,6 +69,34 @@ pub enum Error {
         /// ceiling the server announced earlier, or this device's own committed bundle.
         checkpoint: i64,
     },
+    /// The server named a replacement source for this install that differs from the one
+    /// already reserved durably; rotating to either could fork the source stream, so
+    /// nothing changed. Local intent is kept.
+    #[error(
+        "source replacement diverged: {reserved:?} is reserved locally, but the server names {named:?}"
+    )]
+    SourceReplacementDiverged {
+        /// The replacement reserved in `_sync_operation_state`.
+        reserved: String,
+        /// The replacement the server named.
+        named: String,
+    },
+    /// A replacement source id cannot be used for a rotation: it is the current source, it
+    /// has already sent bundles, or it was itself replaced. Nothing changed.
+    #[error("replacement source {replacement:?} is not fresh: {why}")]
+    ReplacementSourceNotFresh {
+        /// The refused replacement id.
+        replacement: String,
+        /// What makes it unusable.
+        why: String,
+    },
+    /// The persisted source-recovery reason is not one this client knows, so no rotation
+    /// request can be built from it (it is never silently remapped).
+    #[error("unknown source-recovery reason {reason:?} in _sync_operation_state")]
+    InvalidRecoveryReason {
+        /// The reason found.
+        reason: String,
+    },
     /// A conflict resolver returned a merge the engine cannot push; local intent is kept.
     #[error("invalid conflict resolution: {0}")]
     InvalidResolution(String),

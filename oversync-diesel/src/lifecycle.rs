@@ -338,6 +338,7 @@ impl Oversync<'_> {
 
     async fn refresh_capabilities(&mut self, source: &str) -> Result<()> {
         let transport = self.transport()?;
+        self.rt.capabilities_checked = false;
         let caps = transport
             .capabilities(source)
             .await
@@ -348,7 +349,20 @@ impl Oversync<'_> {
             });
         }
         self.rt.limits = caps.bundle_limits;
+        self.rt.capabilities_checked = true;
         Ok(())
+    }
+
+    /// Fails closed on a server speaking another protocol before the first push or pull of
+    /// a runtime, also one that did not `attach` in this process (an app that resumes an
+    /// attached database). Capabilities are fetched once per transport and fetched again
+    /// after a mismatch; nothing local changes when the check fails.
+    pub(crate) async fn ensure_capabilities(&mut self) -> Result<()> {
+        if self.rt.capabilities_checked {
+            return Ok(());
+        }
+        let source = state::attachment_state(self.conn)?.current_source_id;
+        self.refresh_capabilities(&source).await
     }
 
     fn bind(
@@ -377,6 +391,11 @@ impl Oversync<'_> {
         let config = self.config;
         let new_source = uuid::Uuid::new_v4().to_string();
         crate::apply::in_apply_transaction(self.conn, |conn| {
+            // Checked again under the write lock: a write that landed since would be lost.
+            let pending_rows = state::pending_row_count(conn)?;
+            if pending_rows > 0 {
+                return Err(Error::UnsyncedData { pending_rows });
+            }
             diesel::sql_query("INSERT INTO _sync_source_state(source_id) VALUES (?)")
                 .bind::<Text, _>(&new_source)
                 .execute(conn)?;
@@ -403,7 +422,9 @@ impl Oversync<'_> {
         Ok(())
     }
 
-    /// Syncs up to three times, then detaches; reports what is left when it cannot.
+    /// Syncs up to three times, then detaches; reports what is left when it cannot. A local
+    /// write that lands during a round (while its pull downloads, or just before the detach)
+    /// makes it run another round instead of failing or losing the write.
     pub async fn sync_then_detach(&mut self) -> Result<SyncThenDetachReport> {
         const ATTEMPTS: u32 = 3;
         let mut attempts = 0;
@@ -420,12 +441,17 @@ impl Oversync<'_> {
                         rows_left: quarantined,
                     });
                 }
-                self.detach()?;
-                return Ok(SyncThenDetachReport {
-                    detached: true,
-                    attempts,
-                    rows_left: 0,
-                });
+                match self.detach() {
+                    Ok(()) => {
+                        return Ok(SyncThenDetachReport {
+                            detached: true,
+                            attempts,
+                            rows_left: 0,
+                        });
+                    }
+                    Err(Error::UnsyncedData { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(SyncThenDetachReport {
@@ -438,6 +464,7 @@ impl Oversync<'_> {
     /// Pushes local changes, then pulls to the server's stable ceiling.
     pub async fn sync(&mut self) -> Result<SyncReport> {
         self.ensure_attached()?;
+        self.ensure_capabilities().await?;
         if state::attachment_state(self.conn)?.rebuild_required != 0 {
             self.rebuild_keep_source().await?;
         }

@@ -4,7 +4,7 @@
 
 use crate::apply::{apply_effects, in_apply_transaction};
 use crate::codec::invalid;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::events::{Phase, SyncEvent};
 use crate::handle::Oversync;
 use crate::push::effect_from_wire;
@@ -25,8 +25,9 @@ pub enum PullOutcome {
         /// The checkpoint now.
         last_bundle_seq_seen: i64,
     },
-    /// Local changes wait to be pushed; pull refuses so that server rows never overwrite
-    /// them. Call `sync()` (push, then pull).
+    /// Local changes wait to be pushed (also ones written while the pull was downloading);
+    /// pull refuses so that server rows never overwrite them. Call `sync()` (push, then
+    /// pull).
     BlockedByPendingChanges {
         /// Rows waiting.
         pending_rows: u64,
@@ -49,6 +50,7 @@ impl Oversync<'_> {
     /// ceiling, no progress); the checkpoint only ever moves with the bundles applied.
     pub async fn pull_to_stable(&mut self) -> Result<PullOutcome> {
         self.ensure_attached()?;
+        self.ensure_capabilities().await?;
         let pending_rows = state::pending_row_count(self.conn)?;
         if pending_rows > 0 {
             return Ok(PullOutcome::BlockedByPendingChanges { pending_rows });
@@ -143,23 +145,30 @@ impl Oversync<'_> {
                 }
                 let rows = effects.len() as u64;
                 let seq = bundle.bundle_seq;
-                let changed = in_apply_transaction(self.conn, |conn| {
-                    // Re-checked inside the transaction: another connection may have written.
-                    if state::pending_row_count(conn)? > 0 {
-                        return Err(Error::InvalidState(
-                            "local changes appeared during pull; sync again".into(),
-                        ));
+                let applied = in_apply_transaction(self.conn, |conn| {
+                    // Re-checked inside the transaction: the app (or another connection) may
+                    // have written while the page was downloading. That is the same state as
+                    // the check above: nothing is applied and the caller pushes first.
+                    let pending_rows = state::pending_row_count(conn)?;
+                    if pending_rows > 0 {
+                        return Ok(Err(pending_rows));
                     }
                     // Another connection (the watcher, say) may have applied it already.
                     if state::attachment_state(conn)?.last_bundle_seq_seen >= seq {
-                        return Ok(Default::default());
+                        return Ok(Ok(Default::default()));
                     }
                     let changed = apply_effects(conn, effects, &Default::default())?;
                     diesel::sql_query("UPDATE _sync_attachment_state SET last_bundle_seq_seen = ? WHERE singleton_key = 1")
                         .bind::<BigInt, _>(seq)
                         .execute(conn)?;
-                    Ok(changed)
+                    Ok(Ok(changed))
                 })?;
+                let changed = match applied {
+                    Ok(changed) => changed,
+                    Err(pending_rows) => {
+                        return Ok(PullOutcome::BlockedByPendingChanges { pending_rows });
+                    }
+                };
                 self.tables_changed(changed);
                 last = seq;
                 bundles_applied += 1;

@@ -100,6 +100,8 @@ type PushIntent = (Op, Option<Row>);
 /// Retries of one push allowed on a row that was already resolved once in the same push
 /// (the server row changed again meanwhile), on top of one retry per distinct row.
 const REPEATED_CONFLICT_RETRIES: u32 = 2;
+/// Retries of a committed-bundle page answered `committed_bundle_not_found`.
+const COMMITTED_NOT_FOUND_RETRIES: u32 = 3;
 /// Rows per committed-bundle page and default push chunk.
 const DEFAULT_CHUNK_ROWS: u32 = 1000;
 
@@ -148,6 +150,7 @@ impl Oversync<'_> {
     /// outbox, and nothing is applied twice.
     pub async fn push_pending(&mut self) -> Result<PushOutcome> {
         self.ensure_attached()?;
+        self.ensure_capabilities().await?;
         let mut conflicts_resolved = 0;
         let mut budget: Option<ConflictBudget> = None;
         let mut rotated = false;
@@ -284,6 +287,7 @@ impl Oversync<'_> {
         }
         let operation = state::operation_state(self.conn)?;
         if operation.kind == "source_recovery" {
+            crate::snapshot::recovery_reason(&operation.reason)?;
             return Err(Error::SourceRecoveryRequired {
                 reason: operation.reason,
             });
@@ -526,7 +530,8 @@ impl Oversync<'_> {
     }
 
     /// Maps server errors that change local state: source-sequence failures put the
-    /// install into durable recovery mode.
+    /// install into durable recovery mode. A replacement the server names is reserved only
+    /// when it is fresh and no other replacement is reserved already (fail closed).
     pub(crate) fn server_error(&mut self, error: TransportError) -> Error {
         if let TransportError::Unauthorized { .. } = &error {
             self.emit(SyncEvent::AuthRequired);
@@ -537,26 +542,59 @@ impl Oversync<'_> {
             codes::SOURCE_SEQUENCE_CHANGED,
             codes::SOURCE_RETIRED,
         ];
-        if recovery.contains(&code.as_str()) {
-            if let Err(e) = state::enter_source_recovery(self.conn, &code) {
-                return e.into();
+        if !recovery.contains(&code.as_str()) {
+            return error.into();
+        }
+        // A source retired elsewhere names the replacement the server reserved for it:
+        // rotating to any other would be refused.
+        let named = match &error {
+            TransportError::Server {
+                body: Some(body), ..
+            } => serde_json::from_value::<oversync_protocol::SourceRetiredResponse>(body.clone())
+                .ok()
+                .and_then(|retired| retired.replaced_by_source_id)
+                .filter(|id| uuid::Uuid::try_parse(id).is_ok()),
+            _ => None,
+        };
+        match self.enter_recovery(&code, named.as_deref()) {
+            Ok(()) => Error::SourceRecoveryRequired { reason: code },
+            Err(e) => e,
+        }
+    }
+
+    /// Enters (or stays in) source recovery, reserving `named` as the replacement when the
+    /// server named one. An existing recovery keeps its reason and reservation: they were
+    /// already sent to the server in a rotation request.
+    fn enter_recovery(&mut self, code: &str, named: Option<&str>) -> Result<()> {
+        self.conn.immediate_transaction(|conn| -> Result<()> {
+            let operation = state::operation_state(conn)?;
+            let reserved = (operation.kind == "source_recovery")
+                .then_some(operation.replacement_source_id)
+                .filter(|id| !id.is_empty());
+            match (reserved, named) {
+                (Some(reserved), Some(named)) if reserved != named => {
+                    return Err(Error::SourceReplacementDiverged {
+                        reserved,
+                        named: named.to_string(),
+                    });
+                }
+                (Some(_), _) => return Ok(()),
+                (None, _) => {}
             }
-            // A source retired elsewhere names the replacement the server reserved for it:
-            // rotating to any other would be refused.
-            if let TransportError::Server { body: Some(body), .. } = &error
-                && let Ok(retired) = serde_json::from_value::<oversync_protocol::SourceRetiredResponse>(body.clone())
-                && let Some(replacement) = retired.replaced_by_source_id.filter(|id| uuid::Uuid::try_parse(id).is_ok())
-                && let Err(e) = diesel::sql_query(
+            if operation.kind != "source_recovery" {
+                state::enter_source_recovery(conn, code)?;
+            }
+            if let Some(named) = named {
+                let current = state::attachment_state(conn)?.current_source_id;
+                crate::snapshot::check_fresh_replacement(conn, &current, named)?;
+                diesel::sql_query(
                     "UPDATE _sync_operation_state SET replacement_source_id = ? WHERE singleton_key = 1",
                 )
-                .bind::<Text, _>(&replacement)
-                .execute(self.conn)
-            {
-                return e.into();
+                .bind::<Text, _>(named)
+                .execute(conn)?;
             }
-            return Error::SourceRecoveryRequired { reason: code };
-        }
-        error.into()
+            Ok(())
+        })
     }
 
     /// Fetches the committed bundle into `_sync_push_stage`, verifying `bundle_hash`, then
@@ -574,6 +612,7 @@ impl Oversync<'_> {
         let mut hasher = BundleHasher::new();
         let mut after: Option<i64> = None;
         let mut ordinal: i64 = 0;
+        let mut not_found = 0u32;
         loop {
             let resp = match transport
                 .committed_bundle_rows(&source, bundle_seq, after, Some(page))
@@ -581,6 +620,28 @@ impl Oversync<'_> {
             {
                 Ok(resp) => resp,
                 Err(e) if e.code() == Some(codes::HISTORY_PRUNED) => return Ok(Fetched::Pruned),
+                // The commit may not be readable yet on the node answering (a replica, or a
+                // commit still settling): retry a few times within this call before failing.
+                Err(e)
+                    if e.code() == Some(codes::COMMITTED_BUNDLE_NOT_FOUND)
+                        && not_found < COMMITTED_NOT_FOUND_RETRIES =>
+                {
+                    not_found += 1;
+                    let delay = transport.retry_delay(not_found);
+                    tracing::debug!(
+                        bundle_seq,
+                        retry = not_found,
+                        ?delay,
+                        "committed bundle not found yet; retrying"
+                    );
+                    self.emit(SyncEvent::RetryScheduled {
+                        attempt: not_found + 1,
+                        delay,
+                        reason: format!("committed bundle {bundle_seq} not found yet"),
+                    });
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
                 Err(e) => return Err(self.server_error(e)),
             };
             if resp.bundle_seq != bundle_seq || resp.bundle_hash != expected_hash {
@@ -827,9 +888,10 @@ impl Oversync<'_> {
         let keep_local = state::dirty_keys(self.conn)?
             .contains(&(spec.table_name.to_string(), key_json.clone()));
         let resolution_name = resolution.name();
-        in_apply_transaction(self.conn, |conn| {
+        let rewritten = in_apply_transaction(self.conn, |conn| {
             // What the local table should now hold, and what (if anything) is still pushed.
             // (what the local table should hold, what is still pushed)
+            let mut rewritten = std::collections::HashSet::new();
             let (local_values, push): (Option<LocalRow>, Option<PushIntent>) = match resolution {
                 Resolution::AcceptServer => (Some(server_row.clone()), None),
                 Resolution::KeepLocal => match local_op {
@@ -880,7 +942,7 @@ impl Oversync<'_> {
                 } else {
                     Default::default()
                 };
-                write_unless_parent_missing(conn, effect, &keep)?;
+                let written = write_unless_parent_missing(conn, effect, &keep)?;
                 // Record the server's actual state (whether or not the row could be written yet).
                 set_row_state(
                     conn,
@@ -889,6 +951,7 @@ impl Oversync<'_> {
                     server_version,
                     server_deleted,
                 )?;
+                rewritten.extend(written);
             } else {
                 set_row_state(
                     conn,
@@ -914,8 +977,11 @@ impl Oversync<'_> {
                 None => remove_outbox_row(conn, outbox_row.row_ordinal)?,
             }
             rebase_dirty_rows_for_key(conn, spec.table_name, &key_json)?;
-            Ok(())
+            Ok(rewritten)
         })?;
+        // The local row now holds the server's (or the merged) value: views showing the
+        // losing local value must refresh.
+        self.tables_changed(rewritten);
         self.emit(SyncEvent::ConflictResolved {
             table: spec.table_name.to_string(),
             key: wire_key,
@@ -1011,15 +1077,16 @@ fn set_row_state(
 
 /// Writes a conflict's resolved row locally, unless that leaves a foreign key dangling (its
 /// parent exists on the server but has not been pulled yet): then the write is undone and
-/// the pull that follows the push brings the row together with its parent.
+/// the pull that follows the push brings the row together with its parent. Returns the
+/// tables whose rows changed.
 fn write_unless_parent_missing(
     conn: &mut SqliteConnection,
     effect: RowEffect,
     keep: &std::collections::HashSet<(String, String)>,
-) -> Result<()> {
+) -> Result<std::collections::HashSet<&'static str>> {
     let table = effect.spec.table_name;
-    let attempt = conn.transaction::<(), Error, _>(|c| {
-        apply_effects(c, vec![effect], keep)?;
+    let attempt = conn.transaction::<_, Error, _>(|c| {
+        let changed = apply_effects(c, vec![effect], keep)?;
         #[derive(QueryableByName)]
         struct Violations {
             #[diesel(sql_type = BigInt)]
@@ -1032,7 +1099,7 @@ fn write_unless_parent_missing(
         if dangling.n > 0 {
             return Err(Error::InvalidState(PARENT_NOT_PULLED.into()));
         }
-        Ok(())
+        Ok(changed)
     });
     match attempt {
         Err(Error::InvalidState(why)) if why == PARENT_NOT_PULLED => {
@@ -1040,7 +1107,7 @@ fn write_unless_parent_missing(
                 table,
                 "conflict row waits for its parent from the next pull"
             );
-            Ok(())
+            Ok(Default::default())
         }
         other => other,
     }

@@ -80,24 +80,27 @@ impl Oversync<'_> {
         if attachment.binding_state != "attached" {
             return Err(crate::Error::NotAttached);
         }
+        self.ensure_capabilities().await?;
         let operation = state::operation_state(self.conn)?;
         if operation.kind == "source_recovery" {
-            let replacement = if operation.replacement_source_id.is_empty() {
+            // Fail closed before anything is sent: the reason goes on the wire as is.
+            let reason = recovery_reason(&operation.reason)?.to_string();
+            let current = attachment.current_source_id;
+            let replacement = self.conn.immediate_transaction(|conn| -> Result<String> {
+                let operation = state::operation_state(conn)?;
+                if !operation.replacement_source_id.is_empty() {
+                    let id = operation.replacement_source_id;
+                    check_fresh_replacement(conn, &current, &id)?;
+                    return Ok(id);
+                }
                 let id = uuid::Uuid::new_v4().to_string();
                 diesel::sql_query(
                     "UPDATE _sync_operation_state SET replacement_source_id = ? WHERE singleton_key = 1",
                 )
                 .bind::<Text, _>(&id)
-                .execute(self.conn)?;
-                id
-            } else {
-                operation.replacement_source_id
-            };
-            let reason = if operation.reason.is_empty() {
-                "source_retired".to_string()
-            } else {
-                operation.reason
-            };
+                .execute(conn)?;
+                Ok(id)
+            })?;
             return self
                 .rebuild_with(SourceMode::Rotate {
                     reason,
@@ -178,14 +181,14 @@ impl Oversync<'_> {
                 source_replacement: Some(SnapshotSourceReplacement {
                     previous_source_id: source.clone(),
                     new_source_id: replacement.clone(),
-                    reason: protocol_reason(reason),
+                    reason: reason.clone(),
                 }),
             },
         };
         let session = transport
             .create_snapshot_session(&source, &request)
             .await
-            .map_err(crate::Error::from)?;
+            .map_err(|e| self.server_error(e))?;
         Ok((source, session))
     }
 
@@ -216,7 +219,8 @@ impl Oversync<'_> {
         mode: &SourceMode,
     ) -> Result<RebuildReport> {
         let transport = self.transport()?;
-        let total = session.row_count.max(0) as u64;
+        check_session(session)?;
+        let total = session.row_count as u64;
         let page = self.page_size(|l| {
             (
                 l.default_rows_per_snapshot_chunk,
@@ -240,6 +244,21 @@ impl Oversync<'_> {
             }
             if chunk.rows.is_empty() && chunk.has_more {
                 return Err(invalid("snapshot chunk made no progress"));
+            }
+            // The cursor names the last row sent: one that skips or repeats rows would stage
+            // a snapshot with holes or duplicates that the row count alone might not catch.
+            let expected_next = after + chunk.rows.len() as i64;
+            if chunk.next_row_ordinal != expected_next {
+                return Err(invalid(format!(
+                    "snapshot chunk after {after} sent {} rows but answered next_row_ordinal {}",
+                    chunk.rows.len(),
+                    chunk.next_row_ordinal
+                )));
+            }
+            if staged + chunk.rows.len() as u64 > total {
+                return Err(invalid(format!(
+                    "snapshot announced {total} rows but sent more"
+                )));
             }
             // Validate before staging so a hostile row never reaches the swap.
             for row in &chunk.rows {
@@ -387,14 +406,137 @@ impl Oversync<'_> {
     }
 }
 
-/// The wire `reason` of a source replacement, from the error code that started recovery.
-fn protocol_reason(code: &str) -> String {
-    use oversync_protocol::codes;
-    match code {
-        codes::HISTORY_PRUNED
-        | codes::SOURCE_SEQUENCE_OUT_OF_ORDER
-        | codes::SOURCE_SEQUENCE_CHANGED => code.to_string(),
-        _ => codes::SOURCE_RETIRED.to_string(),
+/// Refuses a snapshot session the rest of the rebuild cannot trust.
+fn check_session(session: &oversync_protocol::SnapshotSession) -> Result<()> {
+    if session.snapshot_id.is_empty() {
+        return Err(invalid("snapshot session without snapshot_id"));
+    }
+    if session.snapshot_bundle_seq < 0 {
+        return Err(invalid(format!(
+            "snapshot_bundle_seq {}",
+            session.snapshot_bundle_seq
+        )));
+    }
+    if session.row_count < 0 {
+        return Err(invalid(format!(
+            "snapshot session row_count {}",
+            session.row_count
+        )));
+    }
+    if !is_rfc3339(&session.expires_at) {
+        return Err(invalid(format!(
+            "snapshot session expires_at {:?} is not an RFC 3339 time",
+            session.expires_at.chars().take(64).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `text` is an RFC 3339 date-time (`2026-01-02T03:04:05.678Z`, `...+02:00`).
+fn is_rfc3339(text: &str) -> bool {
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| -> Option<u32> {
+        let part = b.get(range)?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(part.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0')))
+    };
+    let sep = |i: usize, allowed: &[u8]| b.get(i).is_some_and(|c| allowed.contains(c));
+    let (Some(_year), Some(month), Some(day), Some(hour), Some(minute), Some(second)) = (
+        digits(0..4),
+        digits(5..7),
+        digits(8..10),
+        digits(11..13),
+        digits(14..16),
+        digits(17..19),
+    ) else {
+        return false;
+    };
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
+        return false;
+    }
+    if !((1..=12).contains(&month)
+        && (1..=31).contains(&day)
+        && hour < 24
+        && minute < 60
+        && second <= 60)
+    {
+        return false;
+    }
+    let mut i = 19;
+    if sep(i, b".") {
+        let start = i + 1;
+        i = start;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+    }
+    match b.get(i) {
+        Some(b'Z' | b'z') => i + 1 == b.len(),
+        Some(b'+' | b'-') => {
+            i + 6 == b.len()
+                && sep(i + 3, b":")
+                && digits(i + 1..i + 3).is_some_and(|h| h < 24)
+                && digits(i + 4..i + 6).is_some_and(|m| m < 60)
+        }
+        _ => false,
+    }
+}
+
+/// The persisted source-recovery reason as the protocol's replacement `reason`. An
+/// unknown (or empty) reason is refused rather than remapped: the server must learn why the
+/// source rotates.
+pub(crate) fn recovery_reason(persisted: &str) -> Result<&'static str> {
+    oversync_protocol::replacement_reason::ALL
+        .into_iter()
+        .find(|known| *known == persisted)
+        .ok_or_else(|| crate::Error::InvalidRecoveryReason {
+            reason: persisted.to_string(),
+        })
+}
+
+/// Refuses a replacement source that is not fresh: the current source itself, a source
+/// that already numbered bundles, or one that was itself replaced. A fresh row (reserved,
+/// never used) or no row at all is fine.
+pub(crate) fn check_fresh_replacement(
+    conn: &mut SqliteConnection,
+    current: &str,
+    replacement: &str,
+) -> Result<()> {
+    #[derive(QueryableByName)]
+    struct SourceRow {
+        #[diesel(sql_type = BigInt)]
+        next_source_bundle_id: i64,
+        #[diesel(sql_type = Text)]
+        replaced_by_source_id: String,
+    }
+    let refuse = |why: String| crate::Error::ReplacementSourceNotFresh {
+        replacement: replacement.to_string(),
+        why,
+    };
+    if replacement == current {
+        return Err(refuse("it is the current source".into()));
+    }
+    let row: Option<SourceRow> = diesel::sql_query(
+        "SELECT next_source_bundle_id, replaced_by_source_id FROM _sync_source_state WHERE source_id = ?",
+    )
+    .bind::<Text, _>(replacement)
+    .get_result(conn)
+    .optional()?;
+    match row {
+        Some(row) if !row.replaced_by_source_id.is_empty() => Err(refuse(format!(
+            "it was already replaced by {:?}",
+            row.replaced_by_source_id
+        ))),
+        Some(row) if row.next_source_bundle_id != 1 => Err(refuse(format!(
+            "it already numbered bundles (next_source_bundle_id {})",
+            row.next_source_bundle_id
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -562,4 +704,47 @@ fn switch_source(conn: &mut SqliteConnection, previous: &str, replacement: &str)
          UPDATE _sync_operation_state SET kind = 'none', reason = '', replacement_source_id = '' WHERE singleton_key = 1;",
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times_are_told_from_other_text() {
+        for ok in [
+            "2026-12-01T21:30:00Z",
+            "2026-12-01T21:30:00.123456Z",
+            "2026-12-01t21:30:00+02:00",
+            "2026-12-01 21:30:00-05:30",
+        ] {
+            assert!(is_rfc3339(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "tomorrow",
+            "2026-12-01",
+            "2026-12-01T21:30:00",
+            "2026-13-01T21:30:00Z",
+            "2026-12-01T25:30:00Z",
+            "2026-12-01T21:30:00.Z",
+            "2026-12-01T21:30:00+0200",
+            "2026-12-01T21:30:00Zjunk",
+        ] {
+            assert!(!is_rfc3339(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_protocol_reasons_are_accepted() {
+        for reason in oversync_protocol::replacement_reason::ALL {
+            assert_eq!(recovery_reason(reason).unwrap(), reason);
+        }
+        for reason in ["", "unknown_reason", "SOURCE_RETIRED"] {
+            assert!(matches!(
+                recovery_reason(reason),
+                Err(crate::Error::InvalidRecoveryReason { .. })
+            ));
+        }
+    }
 }

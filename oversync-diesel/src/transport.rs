@@ -10,6 +10,7 @@
 mod auth;
 mod error;
 mod retry;
+pub(crate) use retry::jittered_backoff;
 mod watch;
 
 pub use auth::{AuthError, StaticToken, TokenFuture, TokenProvider, token_fn};
@@ -205,6 +206,13 @@ impl Transport {
     /// The configuration in use.
     pub fn config(&self) -> &TransportConfig {
         &self.inner.config
+    }
+
+    /// The jittered backoff before retry number `retry` (1-based) of this configuration, for
+    /// callers that retry a request above the transport (an answer that is not retryable
+    /// here but is for them).
+    pub(crate) fn retry_delay(&self, retry: u32) -> std::time::Duration {
+        retry::backoff(&self.inner.config, retry)
     }
 
     /// `GET /sync/capabilities`.

@@ -3,8 +3,12 @@
 //!
 //! The task works on its own connection to the same database file (SQLite in WAL mode lets
 //! both work side by side), shares the app's event channel (so `TablesChanged` reaches the
-//! UI), reconnects with backoff, pulls on a timer while the stream is down, and stops when
-//! the handle is stopped or dropped. It only pulls: when local changes wait, it emits
+//! UI) and stops when the handle is stopped or dropped, cancelling a connect or pull in
+//! flight. Every reconnect (the stream ended, broke, sent a malformed event, or could not
+//! be opened) first pulls what the stream may have announced meanwhile, then waits a
+//! jittered exponential backoff, so a server that closes streams at once sees a bounded
+//! connection rate. A server that does not advertise `bundle_change_watch` is polled every
+//! `poll_interval` instead. The task only pulls: when local changes wait, it emits
 //! [`SyncEvent::RemoteChanges`](crate::SyncEvent::RemoteChanges) and leaves the push to the
 //! app's own `sync()`.
 
@@ -12,7 +16,7 @@ use crate::connection::OversyncConnection;
 use crate::error::{Error, Result};
 use crate::events::SyncEvent;
 use crate::pull::PullOutcome;
-use crate::transport::WatchEvent;
+use crate::transport::{WatchEvent, jittered_backoff};
 use std::time::Duration;
 use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
@@ -20,9 +24,12 @@ use tokio::task::JoinHandle;
 /// How the watcher behaves.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
-    /// Pull this often while the stream is unavailable.
+    /// Pull this often while the stream is unavailable, and always when the server does not
+    /// offer the stream.
     pub poll_interval: Duration,
-    /// First reconnect delay; doubles up to `backoff_max`.
+    /// First reconnect delay; doubles per reconnect up to `backoff_max`, each delay jittered
+    /// into its upper half. It starts again from here after a stream that stayed open for at
+    /// least `backoff_max`.
     pub backoff_min: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
@@ -61,10 +68,10 @@ impl Drop for WatchHandle {
 }
 
 impl OversyncConnection {
-    /// Starts watching for other devices' bundles (needs an attached user, a transport, a
-    /// server advertising `bundle_change_watch`, and a connection made by
-    /// [`establish`](Self::establish), whose database file the watcher opens again). Call it
-    /// inside a tokio runtime.
+    /// Starts watching for other devices' bundles (needs an attached user, a transport and
+    /// a connection made by [`establish`](Self::establish), whose database file the watcher
+    /// opens again). When the server does not advertise `bundle_change_watch`, the watcher
+    /// polls every [`WatchOptions::poll_interval`] instead. Call it inside a tokio runtime.
     pub async fn start_watch(&mut self, options: WatchOptions) -> Result<WatchHandle> {
         let url = self.database_url().ok_or(Error::WatchUnsupported(
             "the connection was not made by OversyncConnection::establish, so its file is unknown"
@@ -73,15 +80,16 @@ impl OversyncConnection {
         let transport = self.oversync().transport()?;
         let source = self.oversync().ensure_attached()?.current_source_id;
         let caps = transport.capabilities(&source).await?;
-        if !caps.feature("bundle_change_watch") {
-            return Err(Error::WatchUnsupported(
-                "the server does not advertise bundle_change_watch".into(),
-            ));
-        }
+        let mode = if caps.feature("bundle_change_watch") {
+            Mode::Stream
+        } else {
+            tracing::debug!("server does not advertise bundle_change_watch; polling instead");
+            Mode::Poll
+        };
         let mut second = self.sibling(&url)?;
         second.oversync().open()?;
         let (stop_tx, stop_rx) = signal::channel(false);
-        let task = tokio::spawn(async move { watch_loop(second, options, stop_rx).await });
+        let task = tokio::spawn(async move { watch_loop(second, options, mode, stop_rx).await });
         Ok(WatchHandle {
             stop: stop_tx,
             task: Some(task),
@@ -89,10 +97,32 @@ impl OversyncConnection {
     }
 }
 
+/// Whether the server offers the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Stream,
+    Poll,
+}
+
 /// Waits `delay` unless stopped first; true when stopped.
 async fn sleep_or_stop(delay: Duration, stop: &mut signal::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
     tokio::select! {
         _ = tokio::time::sleep(delay) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+/// Pulls once unless stopped first (a pull in flight is dropped between its transactions,
+/// which leaves nothing half applied); true when stopped.
+async fn pull_or_stop(conn: &mut OversyncConnection, stop: &mut signal::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = pull_once(conn) => *stop.borrow(),
         _ = stop.changed() => true,
     }
 }
@@ -107,17 +137,61 @@ async fn pull_once(conn: &mut OversyncConnection) {
     }
 }
 
+/// How a stream ended.
+enum StreamEnd {
+    Stopped,
+    /// Closed, broken or malformed.
+    Ended,
+}
+
+/// Reads one open stream, pulling on every announced bundle not yet applied.
+async fn read_stream(
+    conn: &mut OversyncConnection,
+    stream: &mut crate::transport::WatchStream,
+    stop: &mut signal::Receiver<bool>,
+) -> StreamEnd {
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = stop.changed() => return StreamEnd::Stopped,
+        };
+        match next {
+            Some(Ok(WatchEvent::Bundle(event))) => {
+                let seen = conn.oversync().last_bundle_seq_seen().unwrap_or(0);
+                if event.bundle_seq > seen && pull_or_stop(conn, stop).await {
+                    return StreamEnd::Stopped;
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "watch stream failed; reconnecting");
+                return StreamEnd::Ended;
+            }
+            None => return StreamEnd::Ended,
+        }
+    }
+}
+
 async fn watch_loop(
     mut conn: OversyncConnection,
     options: WatchOptions,
+    mode: Mode,
     mut stop: signal::Receiver<bool>,
 ) {
-    let mut backoff = options.backoff_min;
     // Anything committed while no one was watching.
-    pull_once(&mut conn).await;
+    if pull_or_stop(&mut conn, &mut stop).await {
+        return;
+    }
+    // Reconnects since the last healthy stream: the backoff exponent.
+    let mut reconnects = 0u32;
     loop {
-        if *stop.borrow() {
-            return;
+        if mode == Mode::Poll {
+            if sleep_or_stop(options.poll_interval, &mut stop).await
+                || pull_or_stop(&mut conn, &mut stop).await
+            {
+                return;
+            }
+            continue;
         }
         let (transport, source, after) = {
             let o = conn.oversync();
@@ -131,44 +205,39 @@ async fn watch_loop(
                 attachment.last_bundle_seq_seen,
             )
         };
-        match transport.watch(&source, after).await {
+        let opened = tokio::select! {
+            opened = transport.watch(&source, after) => opened,
+            _ = stop.changed() => return,
+        };
+        let wait = match opened {
             Ok(mut stream) => {
-                backoff = options.backoff_min;
-                loop {
-                    let next = tokio::select! {
-                        next = stream.next() => next,
-                        _ = stop.changed() => return,
-                    };
-                    match next {
-                        Some(Ok(WatchEvent::Bundle(event))) => {
-                            let seen = conn.oversync().last_bundle_seq_seen().unwrap_or(0);
-                            if event.bundle_seq > seen {
-                                pull_once(&mut conn).await;
-                            }
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "watch stream failed; reconnecting");
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, ?backoff, "watch unavailable; polling meanwhile");
-                // While the stream is down, a timed pull keeps the data fresh.
-                pull_once(&mut conn).await;
-                let wait = if e.is_retryable() {
-                    backoff
-                } else {
-                    options.poll_interval
-                };
-                if sleep_or_stop(wait.min(options.poll_interval), &mut stop).await {
+                let opened_at = tokio::time::Instant::now();
+                if let StreamEnd::Stopped = read_stream(&mut conn, &mut stream, &mut stop).await {
                     return;
                 }
-                backoff = (backoff * 2).min(options.backoff_max);
+                // Only a stream that stayed up for a while proves the server healthy; one
+                // that ends at once (even after a heartbeat) keeps the backoff growing.
+                if opened_at.elapsed() >= options.backoff_max {
+                    reconnects = 0;
+                }
+                reconnects += 1;
+                jittered_backoff(options.backoff_min, options.backoff_max, reconnects)
             }
+            Err(e) if e.is_retryable() => {
+                tracing::debug!(error = %e, "watch unavailable; polling meanwhile");
+                reconnects += 1;
+                jittered_backoff(options.backoff_min, options.backoff_max, reconnects)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "watch refused; polling until the next attempt");
+                options.poll_interval
+            }
+        };
+        // Whatever the stream announced (or would have) since it went down, then the pause.
+        if pull_or_stop(&mut conn, &mut stop).await
+            || sleep_or_stop(wait.min(options.poll_interval), &mut stop).await
+        {
+            return;
         }
     }
 }

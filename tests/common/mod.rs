@@ -35,6 +35,16 @@ pub enum Fault {
     Truncate,
     /// Forward, then answer `200` with a body that is not valid JSON.
     CorruptJson,
+    /// Answer `status` with this content type and body, without forwarding (an error the
+    /// real server would not produce on cue, or an event stream that ends at once).
+    Answer {
+        /// HTTP status.
+        status: u16,
+        /// `content-type` header.
+        content_type: &'static str,
+        /// The whole body.
+        body: &'static str,
+    },
 }
 
 /// How often a rule fires.
@@ -273,6 +283,14 @@ async fn serve(
             let bytes = body.to_string().into_bytes();
             return write_response(&mut socket, code, "application/json", &bytes, bytes.len())
                 .await;
+        }
+        Some(Ok(Fault::Answer {
+            status,
+            content_type,
+            body,
+        })) => {
+            let bytes = body.as_bytes();
+            return write_response(&mut socket, status, content_type, bytes, bytes.len()).await;
         }
         Some(Ok(Fault::Delay(d))) => tokio::time::sleep(d).await,
         _ => {}

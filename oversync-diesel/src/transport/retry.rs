@@ -32,10 +32,16 @@ impl Default for TransportConfig {
 /// The pause before retry number `retry` (1-based): `backoff_min * 2^(retry-1)` capped at
 /// `backoff_max`, then jittered uniformly into `[delay/2, delay]`.
 pub(crate) fn backoff(config: &TransportConfig, retry: u32) -> Duration {
+    jittered_backoff(config.backoff_min, config.backoff_max, retry)
+}
+
+/// `min * 2^(retry-1)` capped at `max`, jittered uniformly into `[delay/2, delay]`: the
+/// policy of request retries and of the watcher's reconnects.
+pub(crate) fn jittered_backoff(min: Duration, max: Duration, retry: u32) -> Duration {
     use rand::Rng;
-    let max = config.backoff_max.max(config.backoff_min);
+    let max = max.max(min);
     let factor = 1u32 << retry.saturating_sub(1).min(20);
-    let delay = config.backoff_min.saturating_mul(factor).min(max);
+    let delay = min.saturating_mul(factor).min(max);
     let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
     if nanos < 2 {
         return delay;
