@@ -41,6 +41,13 @@ async fn second_device_hydrates_fifty_thousand_rows_before_any_analyze() {
 
     let name = fresh_user("hydrate-scale");
     let mut a = Device::new(&server, &name);
+    // The 50k-row push commit is not what this test measures; on a loaded machine it can
+    // outlast the default 30 s request timeout.
+    a.conn.set_transport(common::transport_with_timeout(
+        server.base_url(),
+        &name,
+        std::time::Duration::from_secs(600),
+    ));
     let outcome = a.conn.oversync().attach(&name).await.expect("attach a");
     assert_eq!(outcome, AttachOutcome::StartedEmpty);
     let rows: Vec<User> = (0..ROWS)
