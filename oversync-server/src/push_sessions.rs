@@ -6,7 +6,7 @@ use crate::auth::Actor;
 use crate::body::{JsonBody, PathParam};
 use crate::bootstrap::{Registry, SCOPE_COLUMN, TableInfo, is_valid_identifier};
 use crate::capture::{CommittedBundle, finalize_bundle, op_code, op_from_code};
-use crate::error::SyncError;
+use crate::error::{RejectedRow, SyncError};
 use crate::payload::{db_payload_from_wire, normalize_key, wire_payload_text};
 use crate::scope::{self, INITIALIZED, INITIALIZING, UNINITIALIZED};
 use crate::sql::{is_data_error, quote_ident};
@@ -325,14 +325,14 @@ impl SyncService {
         let registry = self.registry();
         let rows = prepare_rows(&registry, &req.rows).map_err(|(index, message)| {
             let row = &req.rows[index];
-            SyncError::RowRejected {
+            SyncError::RowRejected(Box::new(RejectedRow {
                 code: codes::PUSH_CHUNK_INVALID,
                 message,
                 row_ordinal: req.start_row_ordinal + index as i64,
                 schema: row.schema.clone(),
                 table: row.table.clone(),
                 key: Some(row.key.clone()),
-            }
+            }))
         })?;
 
         let mut client = self.client().await?;
@@ -600,7 +600,7 @@ fn db_rejection(
     }
     let key = &first.key_text;
     if rows == 1 {
-        return SyncError::RowRejected {
+        return SyncError::RowRejected(Box::new(RejectedRow {
             code: codes::PUSH_COMMIT_INVALID,
             message: format!(
                 "row {}.{} {key} rejected by the database: {}",
@@ -612,7 +612,7 @@ fn db_rejection(
             schema: info.schema.clone(),
             table: info.table.clone(),
             key: Some(sync_key(&info.key_column, key)),
-        };
+        }));
     }
     SyncError::bad_request(
         codes::PUSH_COMMIT_INVALID,
