@@ -7,6 +7,23 @@ use oversync_protocol::{
     ErrorResponse, PushConflictDetails, PushConflictResponse, SourceRetiredResponse, codes,
 };
 
+/// The pushed row a [`SyncError::RowRejected`] is about.
+#[derive(Debug)]
+pub struct RejectedRow {
+    /// `push_chunk_invalid` or `push_commit_invalid`.
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+    /// The row's ordinal in the push session.
+    pub row_ordinal: i64,
+    /// The row's schema.
+    pub schema: String,
+    /// The row's table.
+    pub table: String,
+    /// The row's key as the client sent it (`{"id": "..."}`), when known.
+    pub key: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
 /// Every failure a sync operation can report. Each variant maps to one HTTP status and
 /// `error` code of the OpenAPI file.
 #[derive(Debug, thiserror::Error)]
@@ -23,21 +40,8 @@ pub enum SyncError {
     /// that row). The body is the generic `{"error", "message"}` plus the additive fields
     /// `row_ordinal`, `schema`, `table` and `key`, so a client can set that row aside and
     /// push the rest; clients that ignore the extra fields see an ordinary 400.
-    #[error("{message}")]
-    RowRejected {
-        /// `push_chunk_invalid` or `push_commit_invalid`.
-        code: &'static str,
-        /// Human-readable message.
-        message: String,
-        /// The row's ordinal in the push session.
-        row_ordinal: i64,
-        /// The row's schema.
-        schema: String,
-        /// The row's table.
-        table: String,
-        /// The row's key as the client sent it (`{"id": "..."}`), when known.
-        key: Option<serde_json::Map<String, serde_json::Value>>,
-    },
+    #[error("{}", .0.message)]
+    RowRejected(Box<RejectedRow>),
     /// 413: the request body exceeds the configured limit.
     #[error("request body is too large")]
     TooLarge,
@@ -157,7 +161,7 @@ impl SyncError {
     pub fn status(&self) -> StatusCode {
         match self {
             SyncError::BadRequest { .. }
-            | SyncError::RowRejected { .. }
+            | SyncError::RowRejected(_)
             | SyncError::NoCapturedChanges { .. } => StatusCode::BAD_REQUEST,
             SyncError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             SyncError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
@@ -175,8 +179,8 @@ impl SyncError {
     /// The `error` code of the body.
     pub fn code(&self) -> &'static str {
         match self {
+            SyncError::RowRejected(row) => row.code,
             SyncError::BadRequest { code, .. }
-            | SyncError::RowRejected { code, .. }
             | SyncError::Forbidden { code, .. }
             | SyncError::NotFound { code, .. }
             | SyncError::Conflict { code, .. }
@@ -256,22 +260,15 @@ impl IntoResponse for SyncError {
                 )
                     .into_response()
             }
-            SyncError::RowRejected {
-                code,
-                message,
-                row_ordinal,
-                schema,
-                table,
-                key,
-            } => (
+            SyncError::RowRejected(row) => (
                 status,
                 Json(serde_json::json!({
-                    "error": code,
-                    "message": message,
-                    "row_ordinal": row_ordinal,
-                    "schema": schema,
-                    "table": table,
-                    "key": key,
+                    "error": row.code,
+                    "message": row.message,
+                    "row_ordinal": row.row_ordinal,
+                    "schema": row.schema,
+                    "table": row.table,
+                    "key": row.key,
                 })),
             )
                 .into_response(),

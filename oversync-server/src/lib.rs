@@ -60,6 +60,6 @@ pub use auth::{Actor, AuthenticatedUser};
 pub use bootstrap::{BootstrapError, Registry, TableInfo};
 pub use capture::CommittedBundle;
 pub use config::{Limits, ServiceConfig, TableSpec, WatchConfig};
-pub use error::SyncError;
+pub use error::{RejectedRow, SyncError};
 pub use service::SyncService;
 pub use writes::ServerWrite;

@@ -6,7 +6,7 @@ use crate::auth::Actor;
 use crate::body::{JsonBody, PathParam};
 use crate::bootstrap::{Registry, SCOPE_COLUMN, TableInfo, is_valid_identifier};
 use crate::capture::{CommittedBundle, finalize_bundle, op_code, op_from_code};
-use crate::error::SyncError;
+use crate::error::{RejectedRow, SyncError};
 use crate::payload::{db_payload_from_wire, normalize_key, wire_payload_text};
 use crate::scope::{self, INITIALIZED, INITIALIZING, UNINITIALIZED};
 use crate::sql::{is_data_error, quote_ident};
@@ -372,14 +372,14 @@ impl SyncService {
         let mut registry = self.registry();
         let rejected = |(index, message): (usize, String)| {
             let row = &req.rows[index];
-            SyncError::RowRejected {
+            SyncError::RowRejected(Box::new(RejectedRow {
                 code: codes::PUSH_CHUNK_INVALID,
                 message,
                 row_ordinal: req.start_row_ordinal + index as i64,
                 schema: row.schema.clone(),
                 table: row.table.clone(),
                 key: Some(row.key.clone()),
-            }
+            }))
         };
         let rows = match prepare_rows(&registry, &req.rows) {
             Ok(rows) => rows,
@@ -728,7 +728,7 @@ fn db_rejection(
     }
     let key = &first.key_text;
     if rows == 1 {
-        return SyncError::RowRejected {
+        return SyncError::RowRejected(Box::new(RejectedRow {
             code: codes::PUSH_COMMIT_INVALID,
             message: format!(
                 "row {}.{} {key} rejected by the database: {}",
@@ -740,7 +740,7 @@ fn db_rejection(
             schema: info.schema.clone(),
             table: info.table.clone(),
             key: Some(sync_key(&info.key_column, key)),
-        };
+        }));
     }
     SyncError::bad_request(
         codes::PUSH_COMMIT_INVALID,
