@@ -122,8 +122,6 @@ fn check_file_identity(conn: &mut SqliteConnection) -> Result<bool> {
     #[derive(QueryableByName)]
     struct Stored {
         #[diesel(sql_type = Text)]
-        database_path: String,
-        #[diesel(sql_type = Text)]
         file_identity: String,
     }
     let main: Option<MainFile> =
@@ -137,11 +135,10 @@ fn check_file_identity(conn: &mut SqliteConnection) -> Result<bool> {
         // Unreadable metadata: leave the recorded identity for a later open to compare.
         return Ok(false);
     };
-    let stored: Option<Stored> = sql_query(
-        "SELECT database_path, file_identity FROM _sync_install_identity WHERE singleton_key = 1",
-    )
-    .get_result(conn)
-    .optional()?;
+    let stored: Option<Stored> =
+        sql_query("SELECT file_identity FROM _sync_install_identity WHERE singleton_key = 1")
+            .get_result(conn)
+            .optional()?;
     let copied = stored.is_some_and(|s| !s.file_identity.is_empty() && s.file_identity != identity);
     let mut rotated = false;
     if copied {
