@@ -175,7 +175,8 @@ impl Server {
         }
     }
 
-    /// The in-process server, unless the suite runs against an external one.
+    /// The in-process server (and through it its database), unless the suite runs against
+    /// `OVERSYNC_TEST_SERVER_URL`.
     pub fn local(&self) -> Option<&oversync_testkit::TestServer> {
         self._local.as_ref()
     }
@@ -183,12 +184,6 @@ impl Server {
     /// Base URL without a trailing slash.
     pub fn base_url(&self) -> &str {
         &self.base_url
-    }
-
-    /// The in-process server (and through it its database), unless the suite runs against
-    /// `OVERSYNC_TEST_SERVER_URL`.
-    pub fn local(&self) -> Option<&oversync_testkit::TestServer> {
-        self._local.as_ref()
     }
 }
 

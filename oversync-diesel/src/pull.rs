@@ -4,7 +4,7 @@
 
 use crate::apply::{apply_effects, in_apply_transaction};
 use crate::codec::invalid;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::events::{Phase, SyncEvent};
 use crate::handle::Oversync;
 use crate::push::effect_from_wire;

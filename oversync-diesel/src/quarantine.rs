@@ -94,6 +94,7 @@ pub(crate) fn row_rejection(error: &TransportError) -> Option<RowRejection> {
         code,
         message,
         body,
+        ..
     } = error
     else {
         return None;
