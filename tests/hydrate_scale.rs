@@ -81,7 +81,10 @@ async fn second_device_hydrates_fifty_thousand_rows_before_any_analyze() {
     eprintln!("hydrate of {ROWS} rows: {:?}", started.elapsed());
     assert_eq!(
         outcome,
-        AttachOutcome::UsedRemoteState { rows: ROWS as u64, discarded_local_rows: 0 }
+        AttachOutcome::UsedRemoteState {
+            rows: ROWS as u64,
+            discarded_local_rows: 0
+        }
     );
     let on_b = common::dump(&mut b, "users");
     assert_eq!(on_b.len(), ROWS);
@@ -142,7 +145,13 @@ async fn snapshot_session_create_is_not_retried_after_a_timeout() {
         Times::First(1),
     );
     let outcome = b.conn.oversync().attach(&name).await.expect("attach b");
-    assert_eq!(outcome, AttachOutcome::UsedRemoteState { rows: 1, discarded_local_rows: 0 });
+    assert_eq!(
+        outcome,
+        AttachOutcome::UsedRemoteState {
+            rows: 1,
+            discarded_local_rows: 0
+        }
+    );
     assert_eq!(count_creates(&proxy), 1);
 
     // Past the create limit every time: a typed timeout after exactly one request.

@@ -28,6 +28,54 @@ pub(crate) struct RowEffect {
     pub values: Option<Vec<SqlValue>>,
 }
 
+/// Drops the effects of an older bundle on keys a newer bundle already wrote locally.
+///
+/// A device replays its own committed bundle at once, before pulling the bundles other devices
+/// committed just before it; those older bundles must not undo what the newer one did (an
+/// insert of a child into a parent our bundle deleted would even break a foreign key). Row
+/// versions are bundle sequences, so `_sync_row_state.row_version > row_version` means the
+/// local row is already newer. One primary-key seek per row, batched.
+pub(crate) fn drop_superseded(
+    conn: &mut SqliteConnection,
+    effects: Vec<RowEffect>,
+) -> Result<Vec<RowEffect>> {
+    #[derive(QueryableByName)]
+    struct Newer {
+        #[diesel(sql_type = Text)]
+        table_name: String,
+        #[diesel(sql_type = Text)]
+        key_json: String,
+    }
+    let mut newer: HashSet<(String, String)> = HashSet::new();
+    for chunk in effects.chunks(MAX_PARAMS / 3) {
+        let sql = format!(
+            "SELECT rs.table_name, rs.key_json FROM (VALUES {}) AS e \
+             JOIN _sync_row_state AS rs ON rs.schema_name = 'main' AND rs.table_name = e.column1 \
+               AND rs.key_json = e.column2 WHERE rs.row_version > e.column3",
+            vec!["(?, ?, ?)"; chunk.len()].join(", ")
+        );
+        let mut q = diesel::sql_query(sql).into_boxed::<Sqlite>();
+        for e in chunk {
+            q = q
+                .bind::<Text, _>(e.spec.table_name)
+                .bind::<Text, _>(e.key_json.clone())
+                .bind::<BigInt, _>(e.row_version);
+        }
+        newer.extend(
+            q.load::<Newer>(conn)?
+                .into_iter()
+                .map(|n| (n.table_name, n.key_json)),
+        );
+    }
+    if newer.is_empty() {
+        return Ok(effects);
+    }
+    Ok(effects
+        .into_iter()
+        .filter(|e| !newer.contains(&(e.spec.table_name.to_string(), e.key_json.clone())))
+        .collect())
+}
+
 /// Upper bound of bound parameters per statement (SQLite's default limit is 32766).
 const MAX_PARAMS: usize = 30_000;
 const MAX_ROWS_PER_STATEMENT: usize = 500;

@@ -2,7 +2,7 @@
 //! ceiling the first response fixes; the checkpoint moves in the same transaction as each
 //! bundle's rows.
 
-use crate::apply::{apply_effects, in_apply_transaction};
+use crate::apply::{apply_effects, drop_superseded, in_apply_transaction};
 use crate::codec::invalid;
 use crate::error::{Error, Result};
 use crate::events::{Phase, SyncEvent};
@@ -157,6 +157,7 @@ impl Oversync<'_> {
                     if state::attachment_state(conn)?.last_bundle_seq_seen >= seq {
                         return Ok(Ok(Default::default()));
                     }
+                    let effects = drop_superseded(conn, effects)?;
                     let changed = apply_effects(conn, effects, &Default::default())?;
                     diesel::sql_query("UPDATE _sync_attachment_state SET last_bundle_seq_seen = ? WHERE singleton_key = 1")
                         .bind::<BigInt, _>(seq)
