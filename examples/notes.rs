@@ -32,8 +32,8 @@ type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
 // The app: Diesel schema, models and its own migration. Nothing here knows about sync but
 // the `SyncTable` derive and the `#[sync(key)]` marker on the UUID key.
 
-diesel::table! { users (id) { id -> Text, name -> Text, email -> Text } }
-diesel::table! { posts (id) { id -> Text, title -> Text, content -> Text, author_id -> Nullable<Text> } }
+diesel::table! { users (id) { id -> Text, name -> Text, email -> Text, created_at -> Nullable<Text>, updated_at -> Nullable<Text> } }
+diesel::table! { posts (id) { id -> Text, title -> Text, content -> Text, author_id -> Nullable<Text>, created_at -> Nullable<Text>, updated_at -> Nullable<Text> } }
 diesel::joinable!(posts -> users (author_id));
 diesel::allow_tables_to_appear_in_same_query!(users, posts);
 
@@ -45,6 +45,11 @@ pub struct Author {
     pub id: String,
     pub name: String,
     pub email: String,
+    /// Filled by the server (its column default); the local table has every server column,
+    /// since a payload column the model lacks is refused.
+    pub created_at: Option<String>,
+    /// Filled by the server.
+    pub updated_at: Option<String>,
 }
 
 /// A note.
@@ -56,14 +61,19 @@ pub struct Note {
     pub title: String,
     pub content: String,
     pub author_id: Option<String>,
+    /// Filled by the server.
+    pub created_at: Option<String>,
+    /// Filled by the server.
+    pub updated_at: Option<String>,
 }
 
 /// The app's own migration (the sync migrations are added by `run_sync_migrations` below;
 /// a real app writes them next to its own with `write_sync_migrations`).
 const SCHEMA: &str = "
-    CREATE TABLE users (id TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL, email TEXT NOT NULL);
+    CREATE TABLE users (id TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL, email TEXT NOT NULL,
+        created_at TEXT, updated_at TEXT);
     CREATE TABLE posts (id TEXT PRIMARY KEY NOT NULL, title TEXT NOT NULL, content TEXT NOT NULL,
-        author_id TEXT REFERENCES users(id) DEFERRABLE INITIALLY DEFERRED);
+        author_id TEXT REFERENCES users(id) DEFERRABLE INITIALLY DEFERRED, created_at TEXT, updated_at TEXT);
 ";
 
 fn note(title: &str, content: &str, author: &Author) -> Note {
@@ -72,6 +82,8 @@ fn note(title: &str, content: &str, author: &Author) -> Note {
         title: title.into(),
         content: content.into(),
         author_id: Some(author.id.clone()),
+        created_at: None,
+        updated_at: None,
     }
 }
 
@@ -345,6 +357,8 @@ pub async fn run() -> Result<Report> {
         id: uuid::Uuid::new_v4().to_string(),
         name: "Ada".into(),
         email: "ada@example.com".into(),
+        created_at: None,
+        updated_at: None,
     };
     let groceries = note("Groceries", "milk, eggs", &ada);
     let ideas = note("Ideas", "a sync engine", &ada);

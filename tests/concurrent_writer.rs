@@ -53,7 +53,7 @@ fn spawn_writer(
         while !stop.load(Ordering::Relaxed) {
             round += 1;
             let own: Vec<String> = committed.lock().unwrap().keys().cloned().collect();
-            let result = if round % 3 == 0 && !own.is_empty() {
+            let result = if round.is_multiple_of(3) && !own.is_empty() {
                 let id = own[(round as usize) % own.len()].clone();
                 let name = format!("renamed-{round}");
                 diesel::update(users::table.find(&id))

@@ -383,3 +383,28 @@ fn three_devices_inserting_the_same_teams() {
     let outcome = env().rt.block_on(run(3, steps));
     assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
 }
+
+/// Found by the random property: a device deletes a team while another adds a member to it;
+/// the member's insert (an older bundle) reaches the deleting device after its own delete.
+#[test]
+fn a_member_added_to_a_team_another_device_deletes() {
+    let steps = vec![
+        Step::InsertTeam { dev: 1, slot: 0 },
+        Step::Sync {
+            dev: 1,
+            fault: None,
+        },
+        Step::Sync {
+            dev: 0,
+            fault: None,
+        },
+        Step::DeleteTeam { dev: 1, slot: 0 },
+        Step::InsertMember {
+            dev: 0,
+            slot: 0,
+            team: 0,
+        },
+    ];
+    let outcome = env().rt.block_on(run(2, steps));
+    assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+}

@@ -4,9 +4,11 @@
 //! Two copies of one database file (a restored backup, a cloned device) share a source id and
 //! its sequence, so the second copy's push can be answered `already_committed` with the first
 //! copy's bundle. Accepting it would drop the second copy's writes silently. The staged bundle
-//! is therefore compared with the outbox, key by key, in wire form: every outbox row present,
-//! nothing extra, same kind of op, and payload values equivalent the way the server normalizes
-//! them (numbers, timestamps, booleans, JSON), so a legitimate bundle is never refused.
+//! is therefore compared with the outbox, key by key, in wire form: every outbox row present
+//! once, with the same kind of op and payload values equivalent the way the server normalizes
+//! them (numbers, timestamps, booleans, JSON), so a legitimate bundle is never refused. Rows
+//! for keys the outbox does not hold are the server's own effects of the push (a cascade, a
+//! trigger) and are allowed.
 
 use crate::codec::{self, UuidRefs};
 use crate::config::OversyncConfig;
@@ -63,7 +65,7 @@ pub(crate) fn outbox_mismatch(
             .get_result(conn)?;
     let frozen: Count =
         diesel::sql_query("SELECT COUNT(*) AS n FROM _sync_outbox_rows").get_result(conn)?;
-    if staged.n != frozen.n {
+    if staged.n < frozen.n {
         return Ok(Some(format!(
             "bundle {bundle_seq} has {} rows, the outbox {}",
             staged.n, frozen.n
@@ -77,8 +79,9 @@ pub(crate) fn outbox_mismatch(
     if distinct.n != staged.n {
         return Ok(Some(format!("bundle {bundle_seq} repeats a key")));
     }
-    // Equal counts, distinct staged keys, each matching one outbox key: a bijection.
+    // Distinct staged keys: every outbox key matched once means every outbox row is present.
     let mut from = 0i64;
+    let mut matched = 0i64;
     loop {
         let page: Vec<Staged> = diesel::sql_query(
             "SELECT row_ordinal, schema_name, table_name, key_json, op, payload FROM _sync_push_stage \
@@ -89,18 +92,37 @@ pub(crate) fn outbox_mismatch(
         .bind::<BigInt, _>(PAGE)
         .load(conn)?;
         let Some(last) = page.last() else {
-            return Ok(None);
+            return Ok((matched != frozen.n).then(|| {
+                format!(
+                    "bundle {bundle_seq} holds {matched} of the outbox's {} rows",
+                    frozen.n
+                )
+            }));
         };
         from = last.row_ordinal + 1;
         for row in page {
-            if let Some(why) = row_mismatch(conn, config, refs, &row)? {
-                return Ok(Some(format!(
-                    "bundle {bundle_seq} row {} ({} {}): {why}",
-                    row.row_ordinal, row.table_name, row.key_json
-                )));
+            match row_mismatch(conn, config, refs, &row)? {
+                RowCheck::Matches => matched += 1,
+                RowCheck::ServerEffect => {}
+                RowCheck::Differs(why) => {
+                    return Ok(Some(format!(
+                        "bundle {bundle_seq} row {} ({} {}): {why}",
+                        row.row_ordinal, row.table_name, row.key_json
+                    )));
+                }
             }
         }
     }
+}
+
+/// How one committed row relates to the outbox.
+enum RowCheck {
+    /// It is an outbox row, as sent.
+    Matches,
+    /// Its key is not in the outbox: an effect the server's own schema added (a cascade).
+    ServerEffect,
+    /// It cannot be this outbox's row.
+    Differs(String),
 }
 
 fn row_mismatch(
@@ -108,18 +130,18 @@ fn row_mismatch(
     config: &OversyncConfig,
     refs: &UuidRefs,
     row: &Staged,
-) -> Result<Option<String>> {
+) -> Result<RowCheck> {
     if row.schema_name != config.schema() {
-        return Ok(Some(format!("schema {}", row.schema_name)));
+        return Ok(RowCheck::Differs(format!("schema {}", row.schema_name)));
     }
     let Some(spec) = config.table_named(&row.table_name) else {
-        return Ok(Some("table not registered here".into()));
+        return Ok(RowCheck::Differs("table not registered here".into()));
     };
     let Ok(Value::Object(key)) = serde_json::from_str::<Value>(&row.key_json) else {
-        return Ok(Some("key is not an object".into()));
+        return Ok(RowCheck::Differs("key is not an object".into()));
     };
     let Ok((_, key_json)) = codec::key_wire_to_local(spec, &key) else {
-        return Ok(Some("key is not this table's key".into()));
+        return Ok(RowCheck::Differs("key is not this table's key".into()));
     };
     let frozen: Option<Frozen> = diesel::sql_query(
         "SELECT op, local_payload FROM _sync_outbox_rows WHERE table_name = ? AND key_json = ?",
@@ -129,31 +151,31 @@ fn row_mismatch(
     .get_result(conn)
     .optional()?;
     let Some(frozen) = frozen else {
-        return Ok(Some("not in the outbox".into()));
+        return Ok(RowCheck::ServerEffect);
     };
     let deletes = (
         Op::parse(&row.op) == Some(Op::Delete),
         Op::parse(&frozen.op) == Some(Op::Delete),
     );
     match deletes {
-        (true, true) => return Ok(None),
+        (true, true) => return Ok(RowCheck::Matches),
         (false, false) => {}
         // The server may record a write as INSERT or UPDATE, but never swaps write and delete.
         _ => {
-            return Ok(Some(format!(
+            return Ok(RowCheck::Differs(format!(
                 "op {} where the outbox has {}",
                 row.op, frozen.op
             )));
         }
     }
     let (Some(local), Some(committed)) = (frozen.local_payload, row.payload.as_deref()) else {
-        return Ok(Some("write without payload".into()));
+        return Ok(RowCheck::Differs("write without payload".into()));
     };
     let local = codec::payload_local_to_wire(spec, refs, &local)?;
     let Ok(Value::Object(committed)) = serde_json::from_str::<Value>(committed) else {
-        return Ok(Some("payload is not an object".into()));
+        return Ok(RowCheck::Differs("payload is not an object".into()));
     };
-    Ok(payload_mismatch(&local, &committed))
+    Ok(payload_mismatch(&local, &committed).map_or(RowCheck::Matches, RowCheck::Differs))
 }
 
 /// Every column this install sent must be present with an equivalent value; columns only the

@@ -473,32 +473,6 @@ impl Drop for TestServer {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn owned_cluster_serves_databases_and_is_removed_on_drop() {
-        let cluster = PgCluster::start().expect("cluster starts");
-        let root = cluster.root.clone();
-        let port = cluster.port();
-        let a = cluster.create_database_blocking().expect("database a");
-        let b = cluster.create_database_blocking().expect("database b");
-        assert_ne!(a.name, b.name);
-        assert!(
-            a.url
-                .starts_with(&format!("postgres://postgres@127.0.0.1:{port}/"))
-        );
-        assert!(root.join("data").is_dir());
-        drop(cluster);
-        assert!(!root.exists(), "temp dir removed");
-        assert!(
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-            "server stopped"
-        );
-    }
-}
-
 /// Schema of the test-only value-kinds table, apart from the reference's `business` schema.
 pub const VALUE_KINDS_SCHEMA: &str = "value_kinds";
 
@@ -536,4 +510,30 @@ CREATE TABLE IF NOT EXISTS {s}.value_rows (
         "value_rows",
         "id",
     )];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_cluster_serves_databases_and_is_removed_on_drop() {
+        let cluster = PgCluster::start().expect("cluster starts");
+        let root = cluster.root.clone();
+        let port = cluster.port();
+        let a = cluster.create_database_blocking().expect("database a");
+        let b = cluster.create_database_blocking().expect("database b");
+        assert_ne!(a.name, b.name);
+        assert!(
+            a.url
+                .starts_with(&format!("postgres://postgres@127.0.0.1:{port}/"))
+        );
+        assert!(root.join("data").is_dir());
+        drop(cluster);
+        assert!(!root.exists(), "temp dir removed");
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "server stopped"
+        );
+    }
 }
