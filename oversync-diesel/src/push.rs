@@ -1119,27 +1119,42 @@ const PARENT_NOT_PULLED: &str = "resolved row references a parent not pulled yet
 /// since the freeze (which are newer for their keys and win), and clears the outbox. The
 /// source's bundle sequence did not advance, so the next freeze reuses the same id.
 fn restore_outbox_to_dirty(conn: &mut SqliteConnection) -> Result<()> {
+    return_outbox_rows_to_dirty(conn, 0)?;
+    conn.batch_execute(
+        "DELETE FROM _sync_push_stage;
+         UPDATE _sync_outbox_bundle SET state = 'none', source_id = '', source_bundle_id = 0, row_count = 0, \
+           initialization_id = '', canonical_request_hash = '', remote_bundle_hash = '', remote_bundle_seq = 0 WHERE singleton_key = 1;",
+    )?;
+    Ok(())
+}
+
+/// Moves the outbox rows from ordinal `from` on back into the dirty set, in their order and
+/// ahead of every change captured since the freeze (a key captured again keeps its newer
+/// change), and removes them from the outbox. The caller fixes `_sync_outbox_bundle`.
+pub(crate) fn return_outbox_rows_to_dirty(conn: &mut SqliteConnection, from: i64) -> Result<()> {
     #[derive(QueryableByName)]
     struct First {
         #[diesel(sql_type = BigInt)]
         n: i64,
     }
+    // Ordinals just below every captured change: first-touch order puts these first.
     let first: First = diesel::sql_query(
-        "SELECT IFNULL((SELECT MIN(dirty_ordinal) FROM _sync_dirty_rows), 1) - (SELECT COUNT(*) FROM _sync_outbox_rows) - 1 AS n",
+        "SELECT IFNULL((SELECT MIN(dirty_ordinal) FROM _sync_dirty_rows), 1) \
+           - (SELECT COUNT(*) FROM _sync_outbox_rows WHERE row_ordinal >= ?1) - 1 - ?1 AS n",
     )
+    .bind::<BigInt, _>(from)
     .get_result(conn)?;
     diesel::sql_query(
         "INSERT INTO _sync_dirty_rows(dirty_ordinal, schema_name, table_name, key_json, op, base_row_version, payload) \
          SELECT ? + row_ordinal, 'main', table_name, key_json, op, base_row_version, local_payload FROM _sync_outbox_rows \
-         WHERE true ORDER BY row_ordinal ON CONFLICT(schema_name, table_name, key_json) DO NOTHING",
+         WHERE row_ordinal >= ? ORDER BY row_ordinal ON CONFLICT(schema_name, table_name, key_json) DO NOTHING",
     )
     .bind::<BigInt, _>(first.n)
+    .bind::<BigInt, _>(from)
     .execute(conn)?;
-    conn.batch_execute(
-        "DELETE FROM _sync_outbox_rows; DELETE FROM _sync_push_stage;
-         UPDATE _sync_outbox_bundle SET state = 'none', source_id = '', source_bundle_id = 0, row_count = 0, \
-           initialization_id = '', canonical_request_hash = '', remote_bundle_hash = '', remote_bundle_seq = 0 WHERE singleton_key = 1;",
-    )?;
+    diesel::sql_query("DELETE FROM _sync_outbox_rows WHERE row_ordinal >= ?")
+        .bind::<BigInt, _>(from)
+        .execute(conn)?;
     Ok(())
 }
 

@@ -388,25 +388,7 @@ impl Oversync<'_> {
                 )));
             }
             let keep = rows.n / 2;
-            let first: Count = diesel::sql_query(
-                "SELECT IFNULL(MIN(dirty_ordinal), 1) AS n FROM _sync_dirty_rows",
-            )
-            .get_result(conn)?;
-            // Ordinals below every captured change: first-touch order puts these first.
-            let base = first.n - (rows.n - keep) - 1;
-            diesel::sql_query(
-                "INSERT INTO _sync_dirty_rows(dirty_ordinal, schema_name, table_name, key_json, op, base_row_version, payload) \
-                 SELECT ? + (row_ordinal - ?), 'main', table_name, key_json, op, base_row_version, local_payload \
-                 FROM _sync_outbox_rows WHERE row_ordinal >= ? ORDER BY row_ordinal \
-                 ON CONFLICT(schema_name, table_name, key_json) DO NOTHING",
-            )
-            .bind::<BigInt, _>(base)
-            .bind::<BigInt, _>(keep)
-            .bind::<BigInt, _>(keep)
-            .execute(conn)?;
-            diesel::sql_query("DELETE FROM _sync_outbox_rows WHERE row_ordinal >= ?")
-                .bind::<BigInt, _>(keep)
-                .execute(conn)?;
+            crate::push::return_outbox_rows_to_dirty(conn, keep)?;
             diesel::sql_query(
                 "UPDATE _sync_outbox_bundle SET row_count = ? WHERE singleton_key = 1",
             )
