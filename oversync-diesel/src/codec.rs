@@ -223,18 +223,26 @@ fn temporal_wire_to_local(col: &ColumnSpec, text: &str) -> Option<String> {
 
 /// Rejects payload columns the model does not have, and the server's hidden owner column,
 /// whatever server sent them: nothing may reach the app's table unchecked.
+///
+/// One exception keeps a schema rollout working: a column the model does not have whose value
+/// is JSON `null` is skipped. The server gains a nullable column before every device is
+/// upgraded, so old devices pull rows naming it; a `null` loses nothing (the device has
+/// nowhere to store it, and there is no value to push back). A non-null value is still
+/// refused: applying the row without it would drop the value the next time the device
+/// pushes the row.
 fn check_payload_columns(spec: &TableSpec, wire: &Map<String, Value>) -> Result<()> {
-    for name in wire.keys() {
+    for (name, value) in wire {
         if name.eq_ignore_ascii_case(SCOPE_COLUMN) {
             return Err(invalid(format!(
                 "{}: payload carries the hidden column {SCOPE_COLUMN}",
                 spec.table_name
             )));
         }
-        if spec.column(name).is_none() {
+        if spec.column(name).is_none() && !value.is_null() {
             let shown: String = name.chars().take(64).collect();
             return Err(invalid(format!(
-                "{}: payload has column {shown:?}, which the model does not have",
+                "{}: payload has column {shown:?} with a value, which the model does not have \
+                 (upgrade the app to the schema that added it)",
                 spec.table_name
             )));
         }
@@ -498,6 +506,8 @@ mod tests {
         ));
         for extra in [
             r#"{"id":"01234567-89ab-cdef-0123-456789abcdef","name":"a","data":null,"new_col":1}"#,
+            r#"{"id":"01234567-89ab-cdef-0123-456789abcdef","name":"a","data":null,"new_col":""}"#,
+            r#"{"id":"01234567-89ab-cdef-0123-456789abcdef","name":"a","data":null,"_sync_scope_id":null}"#,
             r#"{"id":"01234567-89ab-cdef-0123-456789abcdef","name":"a","data":null,"_sync_scope_id":"u"}"#,
             r#"{"id":"01234567-89ab-cdef-0123-456789abcdef","name":"a","data":null,"_SYNC_SCOPE_ID":"u"}"#,
         ] {
@@ -505,6 +515,21 @@ mod tests {
             let err = sql_values(&SPEC, &UuidRefs::new(), &extra).unwrap_err();
             assert!(matches!(err, Error::InvalidResponse(_)), "{err}");
         }
+    }
+
+    /// A nullable column the server gained before this device was upgraded: its `null` is
+    /// skipped, its values are applied as if it were absent.
+    #[test]
+    fn unknown_null_columns_are_skipped() {
+        let newer: Map<String, Value> = serde_json::from_str(
+            r#"{"id":"01234567-89ab-cdef-0123-456789abcdef","name":"a","data":"AP8=","priority":null}"#,
+        )
+        .unwrap();
+        let values = sql_values(&SPEC, &UuidRefs::new(), &newer).unwrap();
+        assert_eq!(values.len(), SPEC.columns.len());
+        assert_eq!(values[1], SqlValue::Text("a".into()));
+        let local = payload_wire_to_local(&SPEC, &UuidRefs::new(), &newer).unwrap();
+        assert!(!local.contains_key("priority"), "{local:?}");
     }
 
     fn column(name: &'static str, kind: ValueKind) -> ColumnSpec {

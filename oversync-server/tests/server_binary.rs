@@ -414,10 +414,46 @@ async fn generated_schema_migrates_serves_and_grows_without_restart() {
     assert_eq!(s, StatusCode::OK, "{body}");
     assert!(body.to_string().contains("from v2"), "{body}");
 
-    // A column that exists nowhere is still refused.
+    // A device not yet upgraded pushes the row without the new column: the server updates
+    // only the payload's columns, so the value another device wrote stays.
+    let version = body["bundles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["rows"].as_array().unwrap())
+        .find(|r| r["key"]["id"] == id.as_str())
+        .map(|r| r["row_version"].as_i64().unwrap())
+        .unwrap();
     let (s, body) = api
         .push(
             2,
+            vec![json!({
+                "schema": "app", "table": "todos", "key": {"id": id}, "op": "UPDATE",
+                "base_row_version": version,
+                "payload": {"id": id, "title": "renamed by v1", "done": true,
+                            "priority": null, "due": null, "tag_id": null}
+            })],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT title, note FROM app.todos WHERE id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "renamed by v1");
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("from v2"));
+
+    // A column that exists nowhere is still refused.
+    let (s, body) = api
+        .push(
+            3,
             vec![json!({
                 "schema": "app", "table": "todos", "key": {"id": new_id()}, "op": "INSERT",
                 "base_row_version": 0,

@@ -1,0 +1,3 @@
+DROP TABLE todo_tags;
+DROP TABLE todos;
+DROP TABLE tags;

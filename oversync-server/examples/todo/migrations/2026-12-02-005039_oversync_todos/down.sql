@@ -1,0 +1,8 @@
+DROP TRIGGER IF EXISTS "trg_todos_bi_guard";
+DROP TRIGGER IF EXISTS "trg_todos_bu_guard";
+DROP TRIGGER IF EXISTS "trg_todos_bd_guard";
+DROP TRIGGER IF EXISTS "trg_todos_ai";
+DROP TRIGGER IF EXISTS "trg_todos_au";
+DROP TRIGGER IF EXISTS "trg_todos_au_key";
+DROP TRIGGER IF EXISTS "trg_todos_ad";
+DELETE FROM _sync_managed_tables WHERE schema_name = 'main' AND table_name = 'todos';
