@@ -40,6 +40,22 @@ pub enum Error {
         /// What the server reported.
         version: String,
     },
+    /// The server does not serve every table of the [`OversyncConfig`](crate::OversyncConfig)
+    /// (its capabilities' `registered_tables`): found before `connect`, so no initialization
+    /// lease was taken and nothing local changed. Register the tables on the server (its
+    /// migrations, `[sync] tables`) or remove them from the config.
+    #[error(
+        "the server does not serve {missing:?} of schema {schema:?} (it serves {served:?}): \
+         register them on the server or remove them from OversyncConfig"
+    )]
+    TablesNotRegistered {
+        /// The configured schema.
+        schema: String,
+        /// Configured tables the server does not serve, as `schema.table`.
+        missing: Vec<String>,
+        /// Every `schema.table` the server reported.
+        served: Vec<String>,
+    },
     /// The server (or the network) failed; local intent is kept and the call can be retried.
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),

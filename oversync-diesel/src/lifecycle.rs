@@ -1,5 +1,6 @@
 //! Local lifecycle: `open()` on every launch and `uninstall_sync()` to leave sync for good.
 
+use crate::config::OversyncConfig;
 use crate::error::{Error, Result};
 use crate::handle::Oversync;
 use crate::state;
@@ -345,6 +346,7 @@ impl Oversync<'_> {
                 version: caps.protocol_version,
             });
         }
+        check_registered_tables(self.config, &caps.registered_tables)?;
         self.rt.limits = caps.bundle_limits;
         self.rt.capabilities_checked = true;
         Ok(())
@@ -488,6 +490,35 @@ fn bind_user(
     Ok(())
 }
 
+/// Every configured table must be served: a table the server does not register would be
+/// refused at the first push (`push_chunk_invalid`) after `connect` took the account's
+/// initialization lease, or silently never pulled. Extra server tables are fine: a server
+/// may serve tables this release does not sync yet (a newer release's). Their rows never
+/// reach this device: a pulled or hydrated row of an unconfigured table is an
+/// `InvalidResponse` naming it, which stops that pull (nothing applied) until the app is
+/// upgraded, as for a new column's values. A server that does not report its tables (the
+/// field is optional in the protocol) is not checked here.
+fn check_registered_tables(config: &OversyncConfig, served: &[String]) -> Result<()> {
+    if served.is_empty() {
+        return Ok(());
+    }
+    let schema = config.schema();
+    let missing: Vec<String> = config
+        .tables()
+        .iter()
+        .map(|spec| format!("{schema}.{}", spec.table_name))
+        .filter(|name| !served.iter().any(|s| s.eq_ignore_ascii_case(name)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::TablesNotRegistered {
+        schema: schema.to_string(),
+        missing,
+        served: served.to_vec(),
+    })
+}
+
 /// Records (`Some(user)`) or abandons (`None`) a pending remote replace.
 fn set_remote_replace(conn: &mut SqliteConnection, user_id: Option<&str>) -> Result<()> {
     diesel::sql_query(
@@ -518,4 +549,39 @@ pub struct SyncReport {
     pub push: crate::push::PushOutcome,
     /// The pull half.
     pub pull: crate::pull::PullOutcome,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{ColumnSpec, KeyKind, TableSpec, ValueKind};
+
+    const NOTES: TableSpec = TableSpec {
+        table_name: "notes",
+        key_column: "id",
+        key_kind: KeyKind::Text,
+        columns: &[ColumnSpec {
+            name: "id",
+            is_blob: false,
+            kind: ValueKind::Text,
+        }],
+        up_sql: "",
+        down_sql: "",
+        triggers: &[],
+    };
+
+    #[test]
+    fn registered_tables_must_cover_the_config() {
+        let config = OversyncConfig::new("app").table_spec(&NOTES);
+        // Served (any case), with extra tables: fine.
+        check_registered_tables(&config, &["APP.notes".into(), "app.tags".into()]).unwrap();
+        // A server that does not report its tables is not checked.
+        check_registered_tables(&config, &[]).unwrap();
+        // Served in another schema only: missing.
+        let err = check_registered_tables(&config, &["other.notes".into()]).unwrap_err();
+        assert!(
+            matches!(&err, Error::TablesNotRegistered { missing, .. } if missing == &vec!["app.notes".to_string()]),
+            "{err}"
+        );
+    }
 }
