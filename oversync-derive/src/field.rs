@@ -174,7 +174,7 @@ fn classify_key_type(ty: &Type) -> KeyType {
     };
     match seg.ident.to_string().as_str() {
         "Option" => KeyType::Optional,
-        "String" | "Uuid" => KeyType::Text,
+        "String" | "Uuid" | "UuidText" => KeyType::Text,
         "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "u8" | "u16" | "u32" | "u64" | "u128"
         | "usize" => KeyType::Integer,
         "f32" | "f64" | "bool" | "char" | "NaiveDate" | "NaiveDateTime" | "NaiveTime"
@@ -200,7 +200,7 @@ fn classify_value_type(ty: &Type) -> ValueKind {
         "DateTime" => ValueKind::TimestampTz,
         "NaiveDate" => ValueKind::Date,
         "NaiveTime" => ValueKind::Time,
-        "Uuid" => ValueKind::Uuid,
+        "Uuid" | "UuidText" => ValueKind::Uuid,
         _ => ValueKind::Text,
     }
 }

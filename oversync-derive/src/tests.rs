@@ -97,6 +97,7 @@ fn value_kinds_follow_the_rust_types() {
             day: NaiveDate,
             clock: Option<chrono::NaiveTime>,
             other: uuid::Uuid,
+            typed: Option<oversync_diesel::types::UuidText>,
             wrapped: Wrapped,
             #[sync(kind = "timestamp")]
             stamp: Stamp,
@@ -121,6 +122,7 @@ fn value_kinds_follow_the_rust_types() {
         ("day", "Date"),
         ("clock", "Time"),
         ("other", "Uuid"),
+        ("typed", "Uuid"),
         ("wrapped", "Text"),
         ("stamp", "Timestamp"),
         ("owner", "Uuid"),

@@ -75,6 +75,7 @@ mod status;
 mod table;
 mod temporal;
 pub mod transport;
+pub mod types;
 mod validate;
 mod watch;
 
