@@ -21,27 +21,28 @@
 //!     body: Option<String>,
 //! }
 //!
-//! # async fn app() -> Result<(), Box<dyn std::error::Error>> {
-//! // 2. Generate the sync migrations next to the app's own (a tiny bin or a test does this),
-//! //    then apply them with `diesel migration run` or `embed_migrations!`.
-//! oversync_diesel::migrations::write_sync_migrations(std::path::Path::new("migrations"), &[Note::SPEC])?;
+//! async fn app() -> Result<(), Box<dyn std::error::Error>> {
+//!     // 2. Generate the sync migrations next to the app's own (a tiny bin or a test does this),
+//!     //    then apply them with `diesel migration run` or `embed_migrations!`.
+//!     oversync_diesel::migrations::write_sync_migrations(std::path::Path::new("migrations"), &[Note::SPEC])?;
 //!
-//! // 3. Wrap the connection, open on every launch, attach the signed-in user, sync.
-//! let config = OversyncConfig::new("business").table::<Note>();
-//! let mut conn = OversyncConnection::establish("app.db", config)?;
-//! conn.oversync().open()?;
-//! conn.set_transport(Transport::new(
-//!     "https://sync.example.com",
-//!     // Called per request; `refresh` is true after a 401 (sign in again then).
-//!     token_fn(|_refresh| async { Ok::<_, AuthError>("<the user's token>".to_string()) }),
-//! )?);
-//! conn.oversync().attach("user-123").await?;
+//!     // 3. Wrap the connection, open on every launch, attach the signed-in user, sync.
+//!     let config = OversyncConfig::new("business").table::<Note>();
+//!     let mut conn = OversyncConnection::establish("app.db", config)?;
+//!     conn.oversync().open()?;
+//!     conn.set_transport(Transport::new(
+//!         "https://sync.example.com",
+//!         // Called per request; `refresh` is true after a 401 (sign in again then).
+//!         token_fn(|_refresh| async { Ok::<_, AuthError>("<the user's token>".to_string()) }),
+//!     )?);
+//!     conn.oversync().attach("user-123").await?;
 //!
-//! diesel::insert_into(notes::table)
-//!     .values(&Note { id: uuid::Uuid::new_v4().to_string(), title: "offline".into(), body: None })
-//!     .execute(&mut *conn)?; // captured, works offline
-//! conn.oversync().sync().await?; // push, then pull
-//! # Ok(()) }
+//!     diesel::insert_into(notes::table)
+//!         .values(&Note { id: uuid::Uuid::new_v4().to_string(), title: "offline".into(), body: None })
+//!         .execute(&mut *conn)?; // captured, works offline
+//!     conn.oversync().sync().await?; // push, then pull
+//!     Ok(())
+//! }
 //! ```
 //!
 //! Where each concern lives: [`SyncTable`] (the derive's output), [`migrations`],
