@@ -522,3 +522,156 @@ async fn rejected_seed_push_releases_the_initialization_lease() {
         assert_eq!(next["resolution"], "initialize_empty", "{next}");
     }
 }
+
+/// A key pair made by `openssl genpkey` (test-only, in a temp dir): the private PEM text;
+/// the public key is written to `<name>.pub.pem`.
+fn openssl_key_pair(dir: &Path, name: &str, args: &[&str]) -> String {
+    let private = dir.join(format!("{name}.key.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    let status = Command::new("openssl")
+        .arg("genpkey")
+        .args(args)
+        .arg("-out")
+        .arg(&private)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl is installed");
+    assert!(status.success());
+    let status = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::read_to_string(private).unwrap()
+}
+
+fn signed(
+    alg: jsonwebtoken::Algorithm,
+    kid: Option<&str>,
+    key: &jsonwebtoken::EncodingKey,
+) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(
+        &header,
+        &json!({"sub": "pem-user", "iss": "idp", "aud": "todo-app", "exp": now + 600}),
+        key,
+    )
+    .unwrap()
+}
+
+/// RS256 and ES256 with real PEM key pairs, and RS256 through a JWKS file, verified by the
+/// binary: a token of the configured key is accepted, one of another key of the same
+/// algorithm, or of the other algorithm, is a 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_es256_and_jwks_tokens_through_the_binary() {
+    use base64::Engine as _;
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    let dir = tempfile::tempdir().unwrap();
+    let db = PgCluster::shared()
+        .unwrap()
+        .create_database()
+        .await
+        .unwrap();
+    let migrations = dir.path().join("m");
+    std::fs::create_dir_all(&migrations).unwrap();
+    std::fs::write(
+        migrations.join("0001_tags.sql"),
+        "CREATE SCHEMA app;
+         CREATE TABLE app.tags (_sync_scope_id text NOT NULL, id uuid NOT NULL, label text NOT NULL,
+             PRIMARY KEY (_sync_scope_id, id));",
+    )
+    .unwrap();
+    let rsa = ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"];
+    let ec = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    let rsa_private = openssl_key_pair(dir.path(), "rsa", &rsa);
+    let other_rsa_private = openssl_key_pair(dir.path(), "rsa2", &rsa);
+    let ec_private = openssl_key_pair(dir.path(), "ec", &ec);
+    let other_ec_private = openssl_key_pair(dir.path(), "ec2", &ec);
+    let rsa_key = EncodingKey::from_rsa_pem(rsa_private.as_bytes()).unwrap();
+    let other_rsa = EncodingKey::from_rsa_pem(other_rsa_private.as_bytes()).unwrap();
+    let ec_key = EncodingKey::from_ec_pem(ec_private.as_bytes()).unwrap();
+    let other_ec = EncodingKey::from_ec_pem(other_ec_private.as_bytes()).unwrap();
+
+    // The JWKS form of the RSA public key: modulus from openssl, exponent 65537.
+    let modulus = Command::new("openssl")
+        .args(["rsa", "-pubin", "-noout", "-modulus", "-in"])
+        .arg(dir.path().join("rsa.pub.pem"))
+        .output()
+        .unwrap();
+    let modulus = String::from_utf8(modulus.stdout).unwrap();
+    let modulus = hex::decode(modulus.trim().trim_start_matches("Modulus=")).unwrap();
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(modulus);
+    std::fs::write(
+        dir.path().join("jwks.json"),
+        json!({"keys": [{"kty": "RSA", "kid": "idp-1", "alg": "RS256", "use": "sig", "n": n, "e": "AQAB"}]})
+            .to_string(),
+    )
+    .unwrap();
+
+    let cases = [
+        (
+            "algorithm = \"RS256\"\npublic_key_file = \"rsa.pub.pem\"",
+            signed(Algorithm::RS256, None, &rsa_key),
+            vec![
+                signed(Algorithm::RS256, None, &other_rsa),
+                signed(Algorithm::ES256, None, &ec_key),
+            ],
+        ),
+        (
+            "algorithm = \"ES256\"\npublic_key_file = \"ec.pub.pem\"",
+            signed(Algorithm::ES256, None, &ec_key),
+            vec![
+                signed(Algorithm::ES256, None, &other_ec),
+                signed(Algorithm::RS256, None, &rsa_key),
+            ],
+        ),
+        (
+            "jwks_file = \"jwks.json\"",
+            signed(Algorithm::RS256, Some("idp-1"), &rsa_key),
+            vec![
+                signed(Algorithm::RS256, Some("idp-1"), &other_rsa),
+                signed(Algorithm::RS256, Some("idp-2"), &rsa_key),
+            ],
+        ),
+    ];
+    let http = reqwest::Client::new();
+    for (auth, good, bad) in cases {
+        let port = free_port();
+        let config = write_config(
+            dir.path(),
+            &format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\n[database]\nurl = \"{}\"\n\
+                 [sync]\nschema = \"app\"\nmigrations_dir = \"m\"\nmigrate_on_start = true\n\
+                 [auth]\n{auth}\nissuer = \"idp\"\naudience = [\"todo-app\"]\n",
+                db.url
+            ),
+        );
+        let served = serve(&config, port).await;
+        let get = |token: String| {
+            http.get(format!("{}/sync/capabilities", served.base_url))
+                .bearer_auth(token)
+                .header("Oversync-Source-ID", new_id())
+                .send()
+        };
+        let r = get(good).await.unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "{auth}: {}",
+            r.text().await.unwrap()
+        );
+        for token in bad {
+            let r = get(token).await.unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{auth}");
+        }
+        drop(served);
+    }
+}
