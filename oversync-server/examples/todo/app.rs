@@ -230,6 +230,20 @@ pub fn generate(release: Release, name: &str) -> Result<Vec<PathBuf>> {
 /// the server migrations must describe the current models (the app's CI runs this).
 pub fn check_generated(work: &Path) -> Result<()> {
     migrations::check_sync_migrations(&migrations_dir(), &Release::Two.specs())?;
+    // The metadata migration is written once; inside this repository it must follow the
+    // metadata schema the library embeds (`open()` checks its tables).
+    let name = migrations::METADATA_MIGRATION_NAME;
+    let ours = std::fs::read_to_string(migrations_dir().join(name).join("up.sql"))?;
+    let library = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../migrations")
+        .join(name);
+    if ours != std::fs::read_to_string(library.join("up.sql"))? {
+        return Err(format!(
+            "migrations/{name} differs from the library's: copy {} over it",
+            library.display()
+        )
+        .into());
+    }
     let schema = server_schema_of(Release::Two, work)?;
     let latest = server_schema::latest_snapshot(&server_migrations_dir())?
         .ok_or("no server migration yet")?;
