@@ -1,9 +1,14 @@
 //! Errors a caller can match on.
 
 use crate::table::KeyKind;
+use std::sync::Arc;
 
 /// Everything an oversync operation can fail with.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Clone` (sources that are not, such as Diesel's errors, are shared through an `Arc`), so
+/// one result can be fanned out to several tasks. [`is_retryable`](Self::is_retryable) tells
+/// a failure worth retrying later from one that needs the app or the user.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The database does not match the registered models or the sync migrations; nothing was changed.
@@ -139,10 +144,10 @@ pub enum Error {
     InvalidState(String),
     /// Opening the SQLite database failed.
     #[error("cannot open the database: {0}")]
-    Connection(#[from] diesel::ConnectionError),
+    Connection(Arc<diesel::ConnectionError>),
     /// SQLite reported an error.
     #[error("database error: {0}")]
-    Database(#[from] diesel::result::Error),
+    Database(Arc<diesel::result::Error>),
     /// Generated sync migrations on disk do not match the models: regenerate them.
     #[error("sync migrations in {} are stale for {}: run oversync_diesel::migrations::write_sync_migrations and commit the result", dir.display(), tables.join(", "))]
     StaleMigrations {
@@ -157,8 +162,56 @@ pub enum Error {
         /// The file or directory involved.
         path: std::path::PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
+    /// The [`SyncClient`](crate::SyncClient)'s engine thread is not running: `shutdown()`
+    /// was called, every handle was dropped, or it could not start. Nothing was done.
+    #[error("the sync engine is not running: {0}")]
+    EngineStopped(String),
+}
+
+impl From<diesel::result::Error> for Error {
+    fn from(e: diesel::result::Error) -> Self {
+        Error::Database(Arc::new(e))
+    }
+}
+
+impl From<diesel::ConnectionError> for Error {
+    fn from(e: diesel::ConnectionError) -> Self {
+        Error::Connection(Arc::new(e))
+    }
+}
+
+impl Error {
+    /// Whether the same call may succeed later without anything changing locally: the
+    /// network or the server failed (a connection error, a timeout, a `5xx`), or SQLite was
+    /// busy (another connection held the write lock past the busy timeout). Local intent is
+    /// kept in every case, so retrying (or simply the next `sync()`) loses nothing.
+    ///
+    /// `false` for what fails closed and needs the app, the user or a developer: a protocol
+    /// or contract mismatch, a broken server response, a schema or config error, a missing
+    /// attach or transport, refused credentials, a conflict resolver's invalid answer.
+    /// Source recovery and a server behind the checkpoint are `false` too: they need
+    /// `rebuild()` (which the next `sync()` runs where it can), not a plain retry.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Transport(e) => e.is_retryable(),
+            Error::Database(e) => is_busy(e),
+            _ => false,
+        }
+    }
+}
+
+/// SQLite's `SQLITE_BUSY`/`SQLITE_LOCKED`, which Diesel reports as an unclassified error
+/// whose message names the lock.
+fn is_busy(e: &diesel::result::Error) -> bool {
+    match e {
+        diesel::result::Error::DatabaseError(_, info) => {
+            let message = info.message();
+            message.contains("database is locked") || message.contains("database table is locked")
+        }
+        _ => false,
+    }
 }
 
 /// A mismatch between the database and what the registered [`SyncTable`](crate::SyncTable)s

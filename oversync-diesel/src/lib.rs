@@ -50,11 +50,14 @@
 //! [`transport`] (HTTP, auth, retry), conflict resolution ([`ConflictResolver`]).
 
 #![warn(missing_docs)]
+#![warn(missing_debug_implementations)]
 
 extern crate self as oversync_diesel;
 
+mod app_connection;
 mod apply;
 mod bundle_check;
+mod client;
 mod codec;
 mod config;
 mod conflict;
@@ -78,6 +81,8 @@ pub mod transport;
 mod validate;
 mod watch;
 
+pub use app_connection::{BUSY_TIMEOUT_MS, configure_connection, establish_app_connection};
+pub use client::SyncClient;
 pub use config::OversyncConfig;
 pub use conflict::{ClientWins, Conflict, ConflictResolver, Resolution, ServerWins};
 pub use connection::OversyncConnection;
