@@ -36,9 +36,11 @@ type Job = Box<dyn for<'a> FnOnce(&'a mut OversyncConnection) -> EngineFuture<'a
 /// a background task, a request handler or a UI command.
 ///
 /// [`start`](Self::start) moves an [`OversyncConnection`] (with its transport and resolver
-/// set) onto a dedicated engine thread and opens it there. Every method is `async` and
-/// returns when the engine has done the work, without ever running SQLite on the calling
-/// runtime. Calls are queued and run one after the other.
+/// set) onto a dedicated engine thread and opens it there. Every call returns a `'static`,
+/// `Send` future (it owns what it needs: `tokio::spawn(client.sync())` and
+/// `let fut = client.sync();` for a `select!` work), which resolves when the engine has
+/// done the work, without ever running SQLite on the calling runtime. Calls are queued and
+/// run one after the other, in the order their futures were first polled.
 ///
 /// **Cancellation.** Dropping a call's future (a `select!` branch that lost, a timeout, an
 /// aborted task) cancels the work at its next await point, exactly as dropping the
@@ -76,8 +78,7 @@ type Job = Box<dyn for<'a> FnOnce(&'a mut OversyncConnection) -> EngineFuture<'a
 /// }
 ///
 /// // A background task syncs; the future is 'static, so it can be spawned or raced.
-/// let background = client.clone();
-/// let task = tokio::spawn(async move { background.sync().await });
+/// let task = tokio::spawn(client.sync());
 ///
 /// // Meanwhile a status badge reads without waiting for the sync.
 /// let pending = client.pending_sync_status().await?.pending_rows;
@@ -157,29 +158,25 @@ impl SyncClient {
     }
 
     /// Pushes local changes, then pulls ([`Oversync::sync`](crate::Oversync::sync)).
-    pub async fn sync(&self) -> Result<SyncReport> {
+    pub fn sync(&self) -> impl Future<Output = Result<SyncReport>> + Send + 'static {
         self.run(|conn| Box::pin(async move { conn.oversync().sync().await }))
-            .await
     }
 
     /// Pushes local changes ([`Oversync::push_pending`](crate::Oversync::push_pending)).
-    pub async fn push_pending(&self) -> Result<PushOutcome> {
+    pub fn push_pending(&self) -> impl Future<Output = Result<PushOutcome>> + Send + 'static {
         self.run(|conn| Box::pin(async move { conn.oversync().push_pending().await }))
-            .await
     }
 
     /// Pulls to the server's stable ceiling
     /// ([`Oversync::pull_to_stable`](crate::Oversync::pull_to_stable)).
-    pub async fn pull_to_stable(&self) -> Result<PullOutcome> {
+    pub fn pull_to_stable(&self) -> impl Future<Output = Result<PullOutcome>> + Send + 'static {
         self.run(|conn| Box::pin(async move { conn.oversync().pull_to_stable().await }))
-            .await
     }
 
     /// Rebuilds the synced tables from a snapshot
     /// ([`Oversync::rebuild`](crate::Oversync::rebuild)).
-    pub async fn rebuild(&self) -> Result<RebuildReport> {
+    pub fn rebuild(&self) -> impl Future<Output = Result<RebuildReport>> + Send + 'static {
         self.run(|conn| Box::pin(async move { conn.oversync().rebuild().await }))
-            .await
     }
 
     /// Attaches the signed-in user ([`Oversync::attach`](crate::Oversync::attach)). It needs
@@ -187,32 +184,37 @@ impl SyncClient {
     /// ([`Error::is_retryable`]) and changes nothing, so an app may call it on every launch
     /// and ignore that failure: once a user is attached, `sync()` works without attaching
     /// again.
-    pub async fn attach(&self, user_id: impl Into<String>) -> Result<AttachOutcome> {
+    pub fn attach(
+        &self,
+        user_id: impl Into<String>,
+    ) -> impl Future<Output = Result<AttachOutcome>> + Send + 'static {
         let user_id = user_id.into();
         self.run(move |conn| Box::pin(async move { conn.oversync().attach(&user_id).await }))
-            .await
     }
 
     /// Detaches the user ([`Oversync::detach`](crate::Oversync::detach)).
-    pub async fn detach(&self) -> Result<()> {
-        self.with_connection(|conn| conn.oversync().detach()).await
+    pub fn detach(&self) -> impl Future<Output = Result<()>> + Send + 'static {
+        self.with_connection(|conn| conn.oversync().detach())
     }
 
     /// Syncs, then detaches ([`Oversync::sync_then_detach`](crate::Oversync::sync_then_detach)).
-    pub async fn sync_then_detach(&self) -> Result<SyncThenDetachReport> {
+    pub fn sync_then_detach(
+        &self,
+    ) -> impl Future<Output = Result<SyncThenDetachReport>> + Send + 'static {
         self.run(|conn| Box::pin(async move { conn.oversync().sync_then_detach().await }))
-            .await
     }
 
     /// How many local changes wait to reach the server. Reads the last committed state
     /// through a read-only connection, so it does not wait for a running sync.
-    pub async fn pending_sync_status(&self) -> Result<PendingSyncStatus> {
-        self.read(read_pending_sync_status).await
+    pub fn pending_sync_status(
+        &self,
+    ) -> impl Future<Output = Result<PendingSyncStatus>> + Send + 'static {
+        self.read(read_pending_sync_status)
     }
 
     /// The install's sync state, read like [`pending_sync_status`](Self::pending_sync_status).
-    pub async fn sync_status(&self) -> Result<SyncStatus> {
-        self.read(read_sync_status).await
+    pub fn sync_status(&self) -> impl Future<Output = Result<SyncStatus>> + Send + 'static {
+        self.read(read_sync_status)
     }
 
     /// Subscribes to [`SyncEvent`]s of every call and of the watcher.
@@ -223,20 +225,22 @@ impl SyncClient {
     /// Starts the watcher ([`OversyncConnection::start_watch`]) on the engine thread, so its
     /// pulls stay off the app's runtime too. Stop it with [`WatchHandle::stop`]; it also
     /// ends with [`shutdown`](Self::shutdown).
-    pub async fn start_watch(&self, options: WatchOptions) -> Result<WatchHandle> {
+    pub fn start_watch(
+        &self,
+        options: WatchOptions,
+    ) -> impl Future<Output = Result<WatchHandle>> + Send + 'static {
         self.run(move |conn| Box::pin(async move { conn.start_watch(options).await }))
-            .await
     }
 
     /// Runs `f` on the engine thread with the connection, after the calls queued before it:
     /// for whatever has no method here (quarantine, `source_info`, a new resolver or
     /// transport, a read that must see the engine's own state).
-    pub async fn with_connection<R, F>(&self, f: F) -> Result<R>
+    pub fn with_connection<R, F>(&self, f: F) -> impl Future<Output = Result<R>> + Send + 'static
     where
         R: Send + 'static,
         F: FnOnce(&mut OversyncConnection) -> Result<R> + Send + 'static,
     {
-        self.run(move |conn| Box::pin(async move { f(conn) })).await
+        self.run(move |conn| Box::pin(async move { f(conn) }))
     }
 
     /// Stops the engine: the running call is cancelled at its next await point (which loses
@@ -256,34 +260,46 @@ impl SyncClient {
         }
     }
 
-    /// Sends `op` to the engine thread and awaits its result.
-    async fn run<R, F>(&self, op: F) -> Result<R>
+    /// A future that sends `op` to the engine thread when first polled and resolves to its
+    /// result. It owns what it needs (`'static`), so it can be spawned or kept in a `select!`.
+    fn run<R, F>(&self, op: F) -> impl Future<Output = Result<R>> + Send + 'static
     where
         R: Send + 'static,
         F: for<'a> FnOnce(&'a mut OversyncConnection) -> EngineFuture<'a, Result<R>>
             + Send
             + 'static,
     {
-        let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |conn| Box::pin(run_job(conn, op, reply)));
-        self.inner.jobs.send(job).map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        let jobs = self.inner.jobs.clone();
+        async move {
+            let (reply, answer) = oneshot::channel();
+            let job: Job = Box::new(move |conn| Box::pin(run_job(conn, op, reply)));
+            jobs.send(job).map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())?
+        }
     }
 
-    /// A status read on the read-only connection, on the blocking pool.
-    async fn read<R>(&self, read: fn(&mut SqliteConnection) -> Result<R>) -> Result<R>
+    /// A status read on the read-only connection, on the blocking pool (an engine job for a
+    /// database without a file).
+    fn read<R>(
+        &self,
+        read: fn(&mut SqliteConnection) -> Result<R>,
+    ) -> impl Future<Output = Result<R>> + Send + 'static
     where
         R: Send + 'static,
     {
-        let Some(status) = self.inner.status.clone() else {
-            return self.with_connection(move |conn| read(conn)).await;
-        };
-        tokio::task::spawn_blocking(move || {
-            let mut conn = status.lock().unwrap_or_else(PoisonError::into_inner);
-            read(&mut conn)
-        })
-        .await
-        .map_err(|e| Error::EngineStopped(format!("status read failed: {e}")))?
+        let status = self.inner.status.clone();
+        let through_engine = self.with_connection(move |conn| read(conn));
+        async move {
+            let Some(status) = status else {
+                return through_engine.await;
+            };
+            tokio::task::spawn_blocking(move || {
+                let mut conn = status.lock().unwrap_or_else(PoisonError::into_inner);
+                read(&mut conn)
+            })
+            .await
+            .map_err(|e| Error::EngineStopped(format!("status read failed: {e}")))?
+        }
     }
 }
 
