@@ -167,7 +167,10 @@ async fn configured_app_connections_never_fail_during_push_pull_and_rebuild() {
         );
     }
     assert_eq!(server_rows.len(), 6000 + committed.len());
-    eprintln!("{} rows written by the app during the phases", committed.len());
+    eprintln!(
+        "{} rows written by the app during the phases",
+        committed.len()
+    );
     assert_eq!(
         names(&mut seed),
         server_rows,
