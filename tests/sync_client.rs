@@ -310,3 +310,70 @@ async fn shutdown_cancels_the_running_call_and_loses_nothing() {
         .expect("fresh attach");
     assert_eq!(count_id(&mut fresh.conn, &id), 1);
 }
+
+/// An offline launch: `attach` (called on every launch) fails with a retryable error and
+/// changes nothing, also for a device never attached before; once the network is back,
+/// `sync()` works without attaching again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_attach_is_harmless_and_sync_needs_no_reattach() {
+    let server = Server::start().await;
+    let proxy = Proxy::start(server.base_url()).await;
+    let name = fresh_user("client-offline");
+    let a = attached_client(&server, proxy.url(), &name).await;
+    let id = new_id();
+    insert(&mut a.app_connection(), &id, "written-offline");
+    let before = a
+        .client
+        .with_connection(|conn| conn.oversync().source_info())
+        .await
+        .unwrap();
+
+    for method in ["GET", "POST"] {
+        proxy.fault(method, "/sync/*", Fault::DropBefore, Times::Always);
+    }
+    let offline = a.client.attach(name.clone()).await;
+    let e = offline.expect_err("attach needs the network");
+    assert!(e.is_retryable(), "an offline attach is retryable: {e:?}");
+    let after = a
+        .client
+        .with_connection(|conn| conn.oversync().source_info())
+        .await
+        .unwrap();
+    assert_eq!(before, after, "the failed attach changed nothing");
+    assert_eq!(
+        a.client.pending_sync_status().await.unwrap().pending_rows,
+        1
+    );
+
+    // A device that was never attached: still anonymous, still capturing.
+    let mut never = Device::new(&server, &name);
+    never.conn.set_transport(transport_for(proxy.url(), &name));
+    let never = never.into_client().await;
+    let e = never
+        .client
+        .attach(name.clone())
+        .await
+        .expect_err("offline");
+    assert!(e.is_retryable(), "{e:?}");
+    insert(&mut never.app_connection(), &new_id(), "anonymous-offline");
+    let status = never.client.sync_status().await.unwrap();
+    assert_eq!(status.binding, oversync_diesel::Binding::Anonymous);
+    assert_eq!(status.pending_rows, 1);
+    never.client.shutdown().await;
+
+    proxy.clear();
+    a.client.sync().await.expect("sync without re-attaching");
+    assert_eq!(
+        a.client.pending_sync_status().await.unwrap().pending_rows,
+        0
+    );
+    let mut fresh = Device::new(&server, &name);
+    fresh
+        .conn
+        .oversync()
+        .attach(&name)
+        .await
+        .expect("fresh attach");
+    assert_eq!(count_id(&mut fresh.conn, &id), 1);
+    a.client.shutdown().await;
+}

@@ -357,3 +357,100 @@ pub enum ConfigError {
 
 /// Shorthand for results of oversync operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::TransportError;
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, SqliteConnection};
+
+    fn server(status: u16, code: &str) -> Error {
+        Error::Transport(TransportError::Server {
+            request: "POST /sync/push-sessions".into(),
+            status,
+            code: code.into(),
+            message: "m".into(),
+            body: None,
+        })
+    }
+
+    /// A real `database is locked` from SQLite: a second connection without a busy timeout
+    /// writes while the first holds the write lock.
+    fn locked_error() -> Error {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locked.db");
+        let path = path.to_str().unwrap();
+        let mut holder = SqliteConnection::establish(path).unwrap();
+        holder
+            .batch_execute("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER); BEGIN IMMEDIATE; INSERT INTO t VALUES (1);")
+            .unwrap();
+        let mut other = SqliteConnection::establish(path).unwrap();
+        let e = other
+            .batch_execute("INSERT INTO t VALUES (2)")
+            .expect_err("the write lock is held");
+        Error::from(e)
+    }
+
+    #[test]
+    fn transient_failures_are_retryable() {
+        let network = Error::Transport(TransportError::Network {
+            message: "connection refused".into(),
+            timed_out: false,
+        });
+        assert!(network.is_retryable());
+        assert!(server(503, "").is_retryable());
+        assert!(server(500, "internal_error").is_retryable());
+        let locked = locked_error();
+        assert!(
+            locked.to_string().contains("database is locked"),
+            "{locked}"
+        );
+        assert!(locked.is_retryable());
+    }
+
+    #[test]
+    fn fail_closed_errors_are_not_retryable() {
+        for e in [
+            server(409, "push_conflict"),
+            server(400, "push_chunk_invalid"),
+            server(503, oversync_protocol::codes::BUNDLE_CHANGE_WATCH_DISABLED),
+            Error::Transport(TransportError::Unauthorized {
+                message: "no".into(),
+            }),
+            Error::UnsupportedProtocol {
+                version: "v2".into(),
+            },
+            Error::InvalidResponse("gap".into()),
+            Error::Schema(SchemaError::TableMissing { table: "t".into() }),
+            Error::Config(ConfigError::NoTables),
+            Error::SourceRecoveryRequired {
+                reason: "source_retired".into(),
+            },
+            Error::ServerBehindCheckpoint {
+                stable: 1,
+                checkpoint: 2,
+            },
+            Error::NotAttached,
+            Error::NoTransport,
+            Error::InvalidResolution("bad".into()),
+            Error::Database(Arc::new(diesel::result::Error::NotFound)),
+            Error::EngineStopped("stopped".into()),
+        ] {
+            assert!(!e.is_retryable(), "{e:?} must not be retryable");
+        }
+    }
+
+    #[test]
+    fn errors_clone_with_their_message() {
+        let e = locked_error();
+        let copy = e.clone();
+        assert_eq!(e.to_string(), copy.to_string());
+        assert!(matches!(copy, Error::Database(_)));
+        let io = Error::Io {
+            path: "m".into(),
+            source: Arc::new(std::io::Error::other("disk")),
+        };
+        assert_eq!(io.clone().to_string(), io.to_string());
+    }
+}
