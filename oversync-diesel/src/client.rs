@@ -69,7 +69,7 @@ type Job = Box<dyn for<'a> FnOnce(&'a mut OversyncConnection) -> EngineFuture<'a
 /// # async fn app() -> Result<(), Box<dyn std::error::Error>> {
 /// let config = OversyncConfig::new("business").table::<Note>();
 /// let conn = OversyncConnection::establish("app.db", config)?
-///     .with_transport(Transport::new("https://sync.example.com", StaticToken::new("token"))?);
+///     .with_transport(Transport::new("https://sync.example.com", StaticToken("token".into()))?);
 /// let client = SyncClient::start(conn).await?; // opens on the engine thread
 ///
 /// // Offline launches are fine: a failed attach is retryable and sync() needs no re-attach.
