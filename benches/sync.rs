@@ -3,6 +3,10 @@
 //! at a time in one transaction). Run: `cargo bench --bench sync`
 //! (`OVERSYNC_BENCH_ROWS=10000,100000` by default).
 //!
+//! Each operation is also run through the owned `SyncClient` from a `current_thread` runtime
+//! (as a UI or an axum handler would), reporting the worst lateness of a 10 ms ticker on that
+//! runtime and the worst wait of a status read (`pending_sync_status`, every 5 ms) during it.
+//!
 //! The server (our example server on a private PostgreSQL) runs in this process; every
 //! client operation runs in a child process (this binary re-executed), so the peak RSS
 //! reported is that operation's alone. The child talks to the server through a small TCP
@@ -162,22 +166,114 @@ async fn child(op: &str, db: &str, url: &str, user: &str) {
     println!("{} {}", start.elapsed().as_secs_f64(), peak_rss_kb());
 }
 
+/// Child process: one operation through a `SyncClient` on a `current_thread` runtime, with a
+/// 10 ms ticker and a status reader beside it; prints `secs rss_kb ticker_ms status_ms`.
+fn owned_child(op: &str, db: &str, url: &str, user: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut conn = oversync_diesel::OversyncConnection::establish(db, config()).expect("open");
+        conn.set_transport(transport_for(url, user));
+        let client = oversync_diesel::SyncClient::start(conn)
+            .await
+            .expect("start the client");
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ticker = tokio::spawn({
+            let done = done.clone();
+            async move {
+                let period = Duration::from_millis(10);
+                let (mut worst, mut next) = (Duration::ZERO, Instant::now() + period);
+                while !done.load(Ordering::Relaxed) {
+                    tokio::time::sleep_until(next.into()).await;
+                    let now = Instant::now();
+                    worst = worst.max(now - next);
+                    next += period;
+                    if next < now {
+                        next = now + period;
+                    }
+                }
+                worst
+            }
+        });
+        let statuses = tokio::spawn({
+            let (done, client) = (done.clone(), client.clone());
+            async move {
+                let mut worst = Duration::ZERO;
+                while !done.load(Ordering::Relaxed) {
+                    let asked = Instant::now();
+                    client.pending_sync_status().await.expect("status");
+                    worst = worst.max(asked.elapsed());
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                worst
+            }
+        });
+        let start = Instant::now();
+        match op {
+            "push" => drop(client.push_pending().await.expect("push")),
+            "pull" => drop(client.pull_to_stable().await.expect("pull")),
+            "rebuild" => drop(client.attach(user).await.expect("attach (hydrate)")),
+            other => panic!("unknown op {other}"),
+        }
+        let secs = start.elapsed().as_secs_f64();
+        done.store(true, Ordering::Relaxed);
+        let ticker = ticker.await.expect("ticker");
+        let status = statuses.await.expect("status reader");
+        client.shutdown().await;
+        println!(
+            "{secs} {} {:.1} {:.1}",
+            peak_rss_kb(),
+            ticker.as_secs_f64() * 1e3,
+            status.as_secs_f64() * 1e3
+        );
+    });
+}
+
 /// [`run_child_blocking`] off the async workers (the counting proxy runs on them).
 async fn run_child(op: &str, db: &std::path::Path, url: &str, user: &str) -> (f64, u64) {
+    let (secs, rss, _) = run_child_as("--child", op, db, url, user).await;
+    (secs, rss)
+}
+
+/// [`owned_child`] in a child process: (seconds, peak RSS, "ticker / status" note).
+async fn run_owned_child(
+    op: &str,
+    db: &std::path::Path,
+    url: &str,
+    user: &str,
+) -> (f64, u64, String) {
+    run_child_as("--owned-child", op, db, url, user).await
+}
+
+async fn run_child_as(
+    mode: &'static str,
+    op: &str,
+    db: &std::path::Path,
+    url: &str,
+    user: &str,
+) -> (f64, u64, String) {
     let (op, db, url, user) = (
         op.to_string(),
         db.to_path_buf(),
         url.to_string(),
         user.to_string(),
     );
-    tokio::task::spawn_blocking(move || run_child_blocking(&op, &db, &url, &user))
+    tokio::task::spawn_blocking(move || run_child_blocking(mode, &op, &db, &url, &user))
         .await
         .expect("child runner")
 }
 
-fn run_child_blocking(op: &str, db: &std::path::Path, url: &str, user: &str) -> (f64, u64) {
+fn run_child_blocking(
+    mode: &str,
+    op: &str,
+    db: &std::path::Path,
+    url: &str,
+    user: &str,
+) -> (f64, u64, String) {
     let out = Command::new(std::env::current_exe().expect("own path"))
-        .args(["--child", op, db.to_str().expect("path"), url, user])
+        .args([mode, op, db.to_str().expect("path"), url, user])
         .output()
         .expect("run child");
     assert!(
@@ -193,7 +289,14 @@ fn run_child_blocking(op: &str, db: &std::path::Path, url: &str, user: &str) -> 
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN);
     let rss = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-    (secs, rss)
+    let waits: Vec<&str> = parts.collect();
+    let note = match waits.as_slice() {
+        [ticker, status] => {
+            format!("worst 10 ms ticker lateness {ticker} ms, worst status read {status} ms")
+        }
+        _ => String::new(),
+    };
+    (secs, rss, note)
 }
 
 struct Row {
@@ -281,9 +384,20 @@ async fn server_pushes_per_sec(server: &Server) -> (f64, u64) {
     (total as f64 / start.elapsed().as_secs_f64(), total)
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.len() >= 6 && args[1] == "--owned-child" {
+        owned_child(&args[2], &args[3], &args[4], &args[5]);
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(bench_main(args));
+}
+
+async fn bench_main(args: Vec<String>) {
     if args.len() >= 6 && args[1] == "--child" {
         child(&args[2], &args[3], &args[4], &args[5]).await;
         return;
@@ -335,6 +449,33 @@ async fn main() {
             baseline,
             extra: format!("wire: {} up, {} down", mb(up), mb(down)),
         });
+        let fresh = Device::new(&server, &user);
+        let (secs, rss, waits) = run_owned_child("rebuild", &fresh.path, &proxy.url, &user).await;
+        proxy.take();
+        table.push(Row {
+            what: "  rebuild via SyncClient".into(),
+            rows: n,
+            secs,
+            rss_kb: rss,
+            baseline,
+            extra: waits,
+        });
+
+        // The same push through the owned handle, for another user.
+        let user = fresh_user("bench-owned-push");
+        let mut owned = Device::new(&server, &user);
+        owned.conn.oversync().attach(&user).await.expect("attach");
+        insert(&mut owned.conn, &rows(n, "owned-push"));
+        let (secs, rss, waits) = run_owned_child("push", &owned.path, &proxy.url, &user).await;
+        proxy.take();
+        table.push(Row {
+            what: "  push via SyncClient".into(),
+            rows: n,
+            secs,
+            rss_kb: rss,
+            baseline,
+            extra: waits,
+        });
 
         // Pull: another device's N rows arriving as 1k-row bundles.
         let user = fresh_user("bench-pull");
@@ -347,6 +488,13 @@ async fn main() {
             .expect("attach writer");
         let mut reader = Device::new(&server, &user);
         reader
+            .conn
+            .oversync()
+            .attach(&user)
+            .await
+            .expect("attach reader");
+        let mut owned_reader = Device::new(&server, &user);
+        owned_reader
             .conn
             .oversync()
             .attach(&user)
@@ -371,6 +519,17 @@ async fn main() {
                 mb(up),
                 mb(down)
             ),
+        });
+        let (secs, rss, waits) =
+            run_owned_child("pull", &owned_reader.path, &proxy.url, &user).await;
+        proxy.take();
+        table.push(Row {
+            what: "  pull via SyncClient".into(),
+            rows: n,
+            secs,
+            rss_kb: rss,
+            baseline,
+            extra: waits,
         });
     }
     let (per_sec, total) = server_pushes_per_sec(&server).await;

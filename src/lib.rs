@@ -245,4 +245,41 @@ impl Device {
     pub fn user(&self) -> &str {
         &self.user
     }
+
+    /// Moves the connection behind an owned [`SyncClient`](oversync_diesel::SyncClient).
+    pub async fn into_client(self) -> ClientDevice {
+        let client = oversync_diesel::SyncClient::start(self.conn)
+            .await
+            .expect("start the sync client");
+        ClientDevice {
+            client,
+            path: self.path,
+            user: self.user,
+            _dir: self._dir,
+        }
+    }
+}
+
+/// A device whose connection runs on a [`SyncClient`](oversync_diesel::SyncClient)'s engine
+/// thread; the app reaches the file through connections of its own.
+pub struct ClientDevice {
+    /// The owned handle.
+    pub client: oversync_diesel::SyncClient,
+    /// The database file.
+    pub path: PathBuf,
+    user: String,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+impl ClientDevice {
+    /// The signed-in user.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// A new app connection to the file, configured for use beside the engine.
+    pub fn app_connection(&self) -> diesel::SqliteConnection {
+        oversync_diesel::establish_app_connection(self.path.to_str().expect("utf-8 path"))
+            .expect("app connection")
+    }
 }

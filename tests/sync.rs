@@ -961,3 +961,75 @@ async fn pull_refuses_while_local_changes_wait() {
         other => panic!("{other:?}"),
     }
 }
+
+fn pulled(report: &oversync_diesel::SyncReport) -> (u64, u64, i64) {
+    match report.pull {
+        PullOutcome::UpToDate {
+            rows_applied,
+            own_rows_skipped,
+            last_bundle_seq_seen,
+            ..
+        } => (rows_applied, own_rows_skipped, last_bundle_seq_seen),
+        ref other => panic!("pull did not complete: {other:?}"),
+    }
+}
+
+/// A's bundle lands after B's; A's pull then gets both, and writes only B's rows: its own
+/// bundle was replayed right after its push. The checkpoint still moves over both, and A
+/// equals a fresh device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_bundles_are_not_applied_again_on_pull() {
+    let server = Server::start().await;
+    let name = fresh_user("own-bundles");
+    let mut a = Device::new(&server, &name);
+    attach_first(&mut a).await;
+    let mut b = Device::new(&server, &name);
+    b.conn.oversync().attach(&name).await.expect("attach b");
+
+    let a_ids: Vec<String> = (0..5).map(|_| new_id()).collect();
+    let b_ids: Vec<String> = (0..3).map(|_| new_id()).collect();
+    for id in &a_ids {
+        insert_user(&mut a, &user(id, "from-a"));
+    }
+    for id in &b_ids {
+        insert_user(&mut b, &user(id, "from-b"));
+    }
+    let b_report = sync(&mut b).await;
+    let a_report = sync(&mut a).await;
+    let (applied, skipped, checkpoint) = pulled(&a_report);
+    assert_eq!((applied, skipped), (3, 5), "{a_report:?}");
+    let (_, _, b_checkpoint) = pulled(&b_report);
+    assert_eq!(
+        checkpoint,
+        b_checkpoint + 1,
+        "the checkpoint passed A's own bundle"
+    );
+
+    // Once more, with updates: each device changes one of its rows, B first.
+    diesel::update(users::table.find(&b_ids[0]))
+        .set(users::name.eq("b-renamed"))
+        .execute(&mut *b.conn)
+        .unwrap();
+    diesel::update(users::table.find(&a_ids[0]))
+        .set(users::name.eq("a-renamed"))
+        .execute(&mut *a.conn)
+        .unwrap();
+    sync(&mut b).await;
+    let a_report = sync(&mut a).await;
+    assert_eq!(pulled(&a_report).0, 1, "{a_report:?}");
+    assert_eq!(pulled(&a_report).1, 1, "{a_report:?}");
+    // B pulls A's bundles (never its own twice either).
+    let b_report = sync(&mut b).await;
+    assert_eq!(pulled(&b_report).1, 0, "{b_report:?}");
+
+    let mut fresh = Device::new(&server, &name);
+    fresh
+        .conn
+        .oversync()
+        .attach(&name)
+        .await
+        .expect("fresh attach");
+    assert_eq!(all_users(&mut a), all_users(&mut fresh));
+    assert_eq!(all_users(&mut b), all_users(&mut fresh));
+    assert_eq!(all_users(&mut fresh).len(), 8);
+}

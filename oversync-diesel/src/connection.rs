@@ -5,7 +5,6 @@ use crate::conflict::{ConflictResolver, ServerWins};
 use crate::error::Result;
 use crate::events::SyncEvent;
 use crate::transport::Transport;
-use diesel::connection::SimpleConnection;
 use diesel::{Connection, SqliteConnection};
 use oversync_protocol::BundleCapabilitiesLimits;
 use std::ops::{Deref, DerefMut};
@@ -81,16 +80,12 @@ impl OversyncConnection {
         Ok(this)
     }
 
-    /// Wraps an existing connection. Turns on foreign keys (cascades must fire so they are
-    /// captured), WAL journaling and a busy timeout, and keeps temporary files in memory:
-    /// every write to a synced table fires triggers, which makes SQLite keep a statement
-    /// journal, and a file-backed one costs several page writes per row once it spills.
+    /// Wraps an existing connection, configured as
+    /// [`configure_connection`](crate::configure_connection) does (foreign keys, WAL, a busy
+    /// timeout, in-memory temporary files).
     pub fn new(mut conn: SqliteConnection, config: OversyncConfig) -> Result<Self> {
         config.validate()?;
-        conn.batch_execute(
-            "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA temp_store = MEMORY; \
-             PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
-        )?;
+        crate::app_connection::configure_connection(&mut conn)?;
         Ok(OversyncConnection {
             conn,
             config,
@@ -177,6 +172,17 @@ impl OversyncConnection {
     /// Unwraps the Diesel connection.
     pub fn into_inner(self) -> SqliteConnection {
         self.conn
+    }
+}
+
+impl std::fmt::Debug for OversyncConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OversyncConnection")
+            .field("database_url", &self.database_url)
+            .field("schema", &self.config.schema())
+            .field("opened", &self.runtime.opened)
+            .field("has_transport", &self.runtime.transport.is_some())
+            .finish_non_exhaustive()
     }
 }
 

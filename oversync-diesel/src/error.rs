@@ -1,9 +1,14 @@
 //! Errors a caller can match on.
 
 use crate::table::KeyKind;
+use std::sync::Arc;
 
 /// Everything an oversync operation can fail with.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Clone` (sources that are not, such as Diesel's errors, are shared through an `Arc`), so
+/// one result can be fanned out to several tasks. [`is_retryable`](Self::is_retryable) tells
+/// a failure worth retrying later from one that needs the app or the user.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The database does not match the registered models or the sync migrations; nothing was changed.
@@ -155,10 +160,10 @@ pub enum Error {
     InvalidState(String),
     /// Opening the SQLite database failed.
     #[error("cannot open the database: {0}")]
-    Connection(#[from] diesel::ConnectionError),
+    Connection(Arc<diesel::ConnectionError>),
     /// SQLite reported an error.
     #[error("database error: {0}")]
-    Database(#[from] diesel::result::Error),
+    Database(Arc<diesel::result::Error>),
     /// Generated sync migrations on disk do not match the models: regenerate them.
     #[error("sync migrations in {} are stale for {}: run oversync_diesel::migrations::write_sync_migrations and commit the result", dir.display(), tables.join(", "))]
     StaleMigrations {
@@ -173,8 +178,56 @@ pub enum Error {
         /// The file or directory involved.
         path: std::path::PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
+    /// The [`SyncClient`](crate::SyncClient)'s engine thread is not running: `shutdown()`
+    /// was called, every handle was dropped, or it could not start. Nothing was done.
+    #[error("the sync engine is not running: {0}")]
+    EngineStopped(String),
+}
+
+impl From<diesel::result::Error> for Error {
+    fn from(e: diesel::result::Error) -> Self {
+        Error::Database(Arc::new(e))
+    }
+}
+
+impl From<diesel::ConnectionError> for Error {
+    fn from(e: diesel::ConnectionError) -> Self {
+        Error::Connection(Arc::new(e))
+    }
+}
+
+impl Error {
+    /// Whether the same call may succeed later without anything changing locally: the
+    /// network or the server failed (a connection error, a timeout, a `5xx`), or SQLite was
+    /// busy (another connection held the write lock past the busy timeout). Local intent is
+    /// kept in every case, so retrying (or simply the next `sync()`) loses nothing.
+    ///
+    /// `false` for what fails closed and needs the app, the user or a developer: a protocol
+    /// or contract mismatch, a broken server response, a schema or config error, a missing
+    /// attach or transport, refused credentials, a conflict resolver's invalid answer.
+    /// Source recovery and a server behind the checkpoint are `false` too: they need
+    /// `rebuild()` (which the next `sync()` runs where it can), not a plain retry.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Transport(e) => e.is_retryable(),
+            Error::Database(e) => is_busy(e),
+            _ => false,
+        }
+    }
+}
+
+/// SQLite's `SQLITE_BUSY`/`SQLITE_LOCKED`, which Diesel reports as an unclassified error
+/// whose message names the lock.
+fn is_busy(e: &diesel::result::Error) -> bool {
+    match e {
+        diesel::result::Error::DatabaseError(_, info) => {
+            let message = info.message();
+            message.contains("database is locked") || message.contains("database table is locked")
+        }
+        _ => false,
+    }
 }
 
 /// A mismatch between the database and what the registered [`SyncTable`](crate::SyncTable)s
@@ -320,3 +373,100 @@ pub enum ConfigError {
 
 /// Shorthand for results of oversync operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::TransportError;
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, SqliteConnection};
+
+    fn server(status: u16, code: &str) -> Error {
+        Error::Transport(TransportError::Server {
+            request: "POST /sync/push-sessions".into(),
+            status,
+            code: code.into(),
+            message: "m".into(),
+            body: None,
+        })
+    }
+
+    /// A real `database is locked` from SQLite: a second connection without a busy timeout
+    /// writes while the first holds the write lock.
+    fn locked_error() -> Error {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locked.db");
+        let path = path.to_str().unwrap();
+        let mut holder = SqliteConnection::establish(path).unwrap();
+        holder
+            .batch_execute("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER); BEGIN IMMEDIATE; INSERT INTO t VALUES (1);")
+            .unwrap();
+        let mut other = SqliteConnection::establish(path).unwrap();
+        let e = other
+            .batch_execute("INSERT INTO t VALUES (2)")
+            .expect_err("the write lock is held");
+        Error::from(e)
+    }
+
+    #[test]
+    fn transient_failures_are_retryable() {
+        let network = Error::Transport(TransportError::Network {
+            message: "connection refused".into(),
+            timed_out: false,
+        });
+        assert!(network.is_retryable());
+        assert!(server(503, "").is_retryable());
+        assert!(server(500, "internal_error").is_retryable());
+        let locked = locked_error();
+        assert!(
+            locked.to_string().contains("database is locked"),
+            "{locked}"
+        );
+        assert!(locked.is_retryable());
+    }
+
+    #[test]
+    fn fail_closed_errors_are_not_retryable() {
+        for e in [
+            server(409, "push_conflict"),
+            server(400, "push_chunk_invalid"),
+            server(503, oversync_protocol::codes::BUNDLE_CHANGE_WATCH_DISABLED),
+            Error::Transport(TransportError::Unauthorized {
+                message: "no".into(),
+            }),
+            Error::UnsupportedProtocol {
+                version: "v2".into(),
+            },
+            Error::InvalidResponse("gap".into()),
+            Error::Schema(SchemaError::TableMissing { table: "t".into() }),
+            Error::Config(ConfigError::NoTables),
+            Error::SourceRecoveryRequired {
+                reason: "source_retired".into(),
+            },
+            Error::ServerBehindCheckpoint {
+                stable: 1,
+                checkpoint: 2,
+            },
+            Error::NotAttached,
+            Error::NoTransport,
+            Error::InvalidResolution("bad".into()),
+            Error::Database(Arc::new(diesel::result::Error::NotFound)),
+            Error::EngineStopped("stopped".into()),
+        ] {
+            assert!(!e.is_retryable(), "{e:?} must not be retryable");
+        }
+    }
+
+    #[test]
+    fn errors_clone_with_their_message() {
+        let e = locked_error();
+        let copy = e.clone();
+        assert_eq!(e.to_string(), copy.to_string());
+        assert!(matches!(copy, Error::Database(_)));
+        let io = Error::Io {
+            path: "m".into(),
+            source: Arc::new(std::io::Error::other("disk")),
+        };
+        assert_eq!(io.clone().to_string(), io.to_string());
+    }
+}

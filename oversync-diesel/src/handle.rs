@@ -19,6 +19,15 @@ pub struct Oversync<'a> {
     pub(crate) rt: &'a mut Runtime,
 }
 
+impl std::fmt::Debug for Oversync<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Oversync")
+            .field("schema", &self.config.schema())
+            .field("opened", &self.rt.opened)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Oversync<'_> {
     pub(crate) fn ensure_open(&self) -> Result<()> {
         if self.rt.opened {

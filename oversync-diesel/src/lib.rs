@@ -35,7 +35,13 @@
 //!         // Called per request; `refresh` is true after a 401 (sign in again then).
 //!         token_fn(|_refresh| async { Ok::<_, AuthError>("<the user's token>".to_string()) }),
 //!     )?);
-//!     conn.oversync().attach("user-123").await?;
+//!     // attach needs the network: offline it fails with a retryable error (`e.is_retryable()`)
+//!     // and changes nothing; a device attached once syncs without attaching again.
+//!     if let Err(e) = conn.oversync().attach("user-123").await {
+//!         if !e.is_retryable() {
+//!             return Err(e.into());
+//!         }
+//!     }
 //!
 //!     diesel::insert_into(notes::table)
 //!         .values(&Note { id: uuid::Uuid::new_v4().to_string(), title: "offline".into(), body: None })
@@ -49,13 +55,22 @@
 //! [`OversyncConnection`] (the wrapped connection, transport, resolver, events),
 //! [`Oversync`] (the lifecycle: open, attach, push, pull, rebuild, detach, statuses),
 //! [`transport`] (HTTP, auth, retry), conflict resolution ([`ConflictResolver`]).
+//!
+//! In an async app (a UI, request handlers, background tasks on one runtime), move the
+//! connection behind a [`SyncClient`]: an owned, cloneable handle whose engine runs on its
+//! own thread, so no SQLite work or busy wait ever runs on the app's runtime, and whose
+//! status reads never wait for a running sync. Configure every other connection the app
+//! opens to the database with [`configure_connection`].
 
 #![warn(missing_docs)]
+#![warn(missing_debug_implementations)]
 
 extern crate self as oversync_diesel;
 
+mod app_connection;
 mod apply;
 mod bundle_check;
+mod client;
 mod codec;
 mod config;
 mod conflict;
@@ -80,6 +95,8 @@ pub mod types;
 mod validate;
 mod watch;
 
+pub use app_connection::{BUSY_TIMEOUT_MS, configure_connection, establish_app_connection};
+pub use client::SyncClient;
 pub use config::OversyncConfig;
 pub use conflict::{ClientWins, Conflict, ConflictResolver, Resolution, ServerWins};
 pub use connection::OversyncConnection;

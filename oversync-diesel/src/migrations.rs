@@ -63,7 +63,7 @@ pub fn run_sync_migrations(conn: &mut OversyncConnection) -> Result<()> {
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.to_path_buf(),
-        source,
+        source: std::sync::Arc::new(source),
     }
 }
 

@@ -18,10 +18,13 @@ use oversync_protocol::codes;
 pub enum PullOutcome {
     /// Applied every bundle up to the stable ceiling (possibly none).
     UpToDate {
-        /// Bundles applied.
+        /// Bundles the checkpoint moved over (this device's own skipped ones included).
         bundles_applied: u64,
-        /// Rows applied.
+        /// Rows of other devices' bundles applied.
         rows_applied: u64,
+        /// Rows of this device's own bundles that were not written again: the device
+        /// committed them and already replayed them after its push.
+        own_rows_skipped: u64,
         /// The checkpoint now.
         last_bundle_seq_seen: i64,
     },
@@ -64,7 +67,8 @@ impl Oversync<'_> {
             .filter(|n| *n > 0)
             .unwrap_or(1000)
             .min(1000) as u32;
-        let (mut bundles_applied, mut rows_applied) = (0u64, 0u64);
+        let (mut bundles_applied, mut rows_applied, mut own_rows_skipped) = (0u64, 0u64, 0u64);
+        let replayed = replayed_source_bundles(self.conn)?;
         let mut target: Option<i64> = None;
         let config = self.config;
         loop {
@@ -130,6 +134,29 @@ impl Oversync<'_> {
                         bundle.bundle_seq
                     )));
                 }
+                let seq = bundle.bundle_seq;
+                if replayed
+                    .get(&bundle.source_id)
+                    .is_some_and(|next| bundle.source_bundle_id < *next)
+                {
+                    // Our own bundle, already replayed: its rows are here (or overtaken by
+                    // local changes pushed since). Only the checkpoint moves.
+                    let advanced = in_apply_transaction(self.conn, |conn| {
+                        let pending_rows = state::pending_row_count(conn)?;
+                        if pending_rows > 0 {
+                            return Ok(Err(pending_rows));
+                        }
+                        advance_checkpoint(conn, seq)?;
+                        Ok(Ok(()))
+                    })?;
+                    if let Err(pending_rows) = advanced {
+                        return Ok(PullOutcome::BlockedByPendingChanges { pending_rows });
+                    }
+                    last = seq;
+                    bundles_applied += 1;
+                    own_rows_skipped += bundle.rows.len() as u64;
+                    continue;
+                }
                 let mut effects = Vec::with_capacity(bundle.rows.len());
                 for row in &bundle.rows {
                     effects.push(effect_from_wire(
@@ -144,7 +171,6 @@ impl Oversync<'_> {
                     )?);
                 }
                 let rows = effects.len() as u64;
-                let seq = bundle.bundle_seq;
                 let applied = in_apply_transaction(self.conn, |conn| {
                     // Re-checked inside the transaction: the app (or another connection) may
                     // have written while the page was downloading. That is the same state as
@@ -159,9 +185,7 @@ impl Oversync<'_> {
                     }
                     let effects = drop_superseded(conn, effects)?;
                     let changed = apply_effects(conn, effects, &Default::default())?;
-                    diesel::sql_query("UPDATE _sync_attachment_state SET last_bundle_seq_seen = ? WHERE singleton_key = 1")
-                        .bind::<BigInt, _>(seq)
-                        .execute(conn)?;
+                    advance_checkpoint(conn, seq)?;
                     Ok(Ok(changed))
                 })?;
                 let changed = match applied {
@@ -187,9 +211,46 @@ impl Oversync<'_> {
         Ok(PullOutcome::UpToDate {
             bundles_applied,
             rows_applied,
+            own_rows_skipped,
             last_bundle_seq_seen: state::attachment_state(self.conn)?.last_bundle_seq_seen,
         })
     }
+}
+
+/// Moves the pull checkpoint to `seq` (never back: another connection, the watcher say, may
+/// have pulled further meanwhile), inside the caller's apply transaction.
+fn advance_checkpoint(conn: &mut SqliteConnection, seq: i64) -> Result<()> {
+    diesel::sql_query(
+        "UPDATE _sync_attachment_state SET last_bundle_seq_seen = MAX(last_bundle_seq_seen, ?) WHERE singleton_key = 1",
+    )
+    .bind::<BigInt, _>(seq)
+    .execute(conn)?;
+    Ok(())
+}
+
+/// For each source of this install, the first source bundle id not yet committed and
+/// replayed here: `next_source_bundle_id` moves past a bundle only in the transaction that
+/// replays it after its push (a rotated-away source keeps its row), so a pulled bundle of
+/// one of these sources below that id is one this device already holds. A copied database
+/// rotates to a fresh source at `open()`, and the copy's ids for the shared source stop
+/// where the copy was made, so bundles the original committed later are applied normally.
+fn replayed_source_bundles(
+    conn: &mut SqliteConnection,
+) -> Result<std::collections::HashMap<String, i64>> {
+    #[derive(QueryableByName)]
+    struct Source {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        source_id: String,
+        #[diesel(sql_type = BigInt)]
+        next_source_bundle_id: i64,
+    }
+    Ok(diesel::sql_query(
+        "SELECT source_id, next_source_bundle_id FROM _sync_source_state WHERE next_source_bundle_id > 1",
+    )
+    .load::<Source>(conn)?
+    .into_iter()
+    .map(|s| (s.source_id, s.next_source_bundle_id))
+    .collect())
 }
 
 /// Marks the install for a keep-source rebuild, which the next `sync()` or `attach()` runs.

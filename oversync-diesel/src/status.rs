@@ -3,6 +3,7 @@
 use crate::error::Result;
 use crate::handle::Oversync;
 use crate::state;
+use diesel::{Connection, SqliteConnection};
 
 /// Local changes not yet accepted by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,40 +55,70 @@ impl Oversync<'_> {
     /// How many local changes wait to reach the server.
     pub fn pending_sync_status(&mut self) -> Result<PendingSyncStatus> {
         self.ensure_open()?;
-        let pending_rows = state::pending_row_count(self.conn)?;
-        let quarantined_rows = crate::quarantine::quarantined_count(self.conn)?;
-        Ok(PendingSyncStatus {
-            pending_rows,
-            quarantined_rows,
-            blocked_detach: pending_rows > 0 || quarantined_rows > 0,
-        })
+        read_pending_sync_status(self.conn)
     }
 
     /// The install's source identity and recovery state.
     pub fn source_info(&mut self) -> Result<SourceInfo> {
         self.ensure_open()?;
-        let attachment = state::attachment_state(self.conn)?;
-        let operation = state::operation_state(self.conn)?;
-        let recovering = operation.kind == "source_recovery";
-        Ok(SourceInfo {
-            current_source_id: attachment.current_source_id,
-            binding: if attachment.binding_state == "attached" {
-                Binding::Attached {
-                    user_id: attachment.attached_user_id,
-                }
-            } else {
-                Binding::Anonymous
-            },
-            schema: attachment.schema_name,
-            last_bundle_seq_seen: attachment.last_bundle_seq_seen,
-            rebuild_required: attachment.rebuild_required != 0,
-            source_recovery_required: recovering,
-            source_recovery_reason: (recovering && !operation.reason.is_empty())
-                .then_some(operation.reason),
-            replacement_source_id: (!operation.replacement_source_id.is_empty())
-                .then_some(operation.replacement_source_id),
-        })
+        read_source_info(self.conn)
     }
+}
+
+/// [`Oversync::pending_sync_status`] on any connection to the database (also a read-only
+/// one, which is how [`SyncClient`](crate::SyncClient) reads it beside a running sync).
+pub(crate) fn read_pending_sync_status(conn: &mut SqliteConnection) -> Result<PendingSyncStatus> {
+    // One read transaction: both counts from the same committed state.
+    conn.transaction(|conn| {
+        let pending_rows = state::pending_row_count(conn)?;
+        let quarantined_rows = crate::quarantine::quarantined_count(conn)?;
+        Ok(PendingSyncStatus {
+            pending_rows,
+            quarantined_rows,
+            blocked_detach: pending_rows > 0 || quarantined_rows > 0,
+        })
+    })
+}
+
+fn read_source_info(conn: &mut SqliteConnection) -> Result<SourceInfo> {
+    let attachment = state::attachment_state(conn)?;
+    let operation = state::operation_state(conn)?;
+    let recovering = operation.kind == "source_recovery";
+    Ok(SourceInfo {
+        current_source_id: attachment.current_source_id,
+        binding: if attachment.binding_state == "attached" {
+            Binding::Attached {
+                user_id: attachment.attached_user_id,
+            }
+        } else {
+            Binding::Anonymous
+        },
+        schema: attachment.schema_name,
+        last_bundle_seq_seen: attachment.last_bundle_seq_seen,
+        rebuild_required: attachment.rebuild_required != 0,
+        source_recovery_required: recovering,
+        source_recovery_reason: (recovering && !operation.reason.is_empty())
+            .then_some(operation.reason),
+        replacement_source_id: (!operation.replacement_source_id.is_empty())
+            .then_some(operation.replacement_source_id),
+    })
+}
+
+/// [`Oversync::sync_status`] on any connection to the database (see
+/// [`read_pending_sync_status`]).
+pub(crate) fn read_sync_status(conn: &mut SqliteConnection) -> Result<SyncStatus> {
+    conn.transaction(|conn| {
+        let info = read_source_info(conn)?;
+        let pending_rows = state::pending_row_count(conn)?;
+        let outbox = state::outbox_bundle(conn)?;
+        Ok(SyncStatus {
+            binding: info.binding,
+            pending_rows,
+            push_in_flight: outbox.state != "none",
+            last_bundle_seq_seen: info.last_bundle_seq_seen,
+            source_recovery_required: info.source_recovery_required,
+        })
+    })
 }
 
 /// Where this install stands with the server.
@@ -108,16 +139,8 @@ pub struct SyncStatus {
 impl Oversync<'_> {
     /// The install's sync state in one read.
     pub fn sync_status(&mut self) -> Result<SyncStatus> {
-        let info = self.source_info()?;
-        let pending_rows = state::pending_row_count(self.conn)?;
-        let outbox = state::outbox_bundle(self.conn)?;
-        Ok(SyncStatus {
-            binding: info.binding,
-            pending_rows,
-            push_in_flight: outbox.state != "none",
-            last_bundle_seq_seen: info.last_bundle_seq_seen,
-            source_recovery_required: info.source_recovery_required,
-        })
+        self.ensure_open()?;
+        read_sync_status(self.conn)
     }
 
     /// The last bundle applied locally (the pull checkpoint).

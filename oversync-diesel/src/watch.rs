@@ -46,18 +46,35 @@ impl Default for WatchOptions {
 }
 
 /// A running watcher. [`stop`](Self::stop) it to end it cleanly; dropping it stops it too.
+/// `stop` takes `&self`, so the handle can live in an `Arc` or app state shared by tasks.
+#[derive(Debug)]
 pub struct WatchHandle {
     stop: signal::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl WatchHandle {
-    /// Stops the task and waits until it has finished its current step.
-    pub async fn stop(mut self) {
+    /// Stops the task and waits until it has finished its current step. Calling it again
+    /// (or from another clone of an `Arc`) returns at once.
+    pub async fn stop(&self) {
         let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
             let _ = task.await;
         }
+    }
+
+    /// Whether the watcher task has ended (stopped, or its database became unusable).
+    pub fn is_finished(&self) -> bool {
+        self.task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_none_or(JoinHandle::is_finished)
     }
 }
 
@@ -92,7 +109,7 @@ impl OversyncConnection {
         let task = tokio::spawn(async move { watch_loop(second, options, mode, stop_rx).await });
         Ok(WatchHandle {
             stop: stop_tx,
-            task: Some(task),
+            task: std::sync::Mutex::new(Some(task)),
         })
     }
 }

@@ -4,7 +4,7 @@ use super::auth::AuthError;
 use oversync_protocol::codes;
 
 /// A failed call to the oversync server.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
     /// The server answered with a non-success status (other than a `401` that a token
