@@ -112,6 +112,8 @@ struct FileConfig {
 struct ServerSection {
     listen: Option<String>,
     app_name: Option<String>,
+    // Production operation (issue 15).
+    drain_timeout_seconds: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,6 +205,8 @@ pub struct Flags {
     pub migrations_dir: Option<PathBuf>,
     /// `--migrate`.
     pub migrate: bool,
+    /// `--drain-timeout SECONDS`.
+    pub drain_timeout_seconds: Option<i64>,
 }
 
 /// Usage text of `--help`.
@@ -222,10 +226,13 @@ OPTIONS (each overrides the config file):
         --tables A,B         sync.tables (default: every table of the schema with _sync_scope_id)
         --migrations DIR     sync.migrations_dir
         --migrate            apply pending migrations before serving
+        --drain-timeout SECS server.drain_timeout_seconds (default 30)
     -h, --help               this text
 
 CONFIG KEYS:
-    [server]    listen, app_name
+    [server]    listen, app_name, drain_timeout_seconds (default 30: on SIGTERM or ctrl-c,
+                running requests get this long to finish while new ones are answered 503
+                with Retry-After and watch streams end)
     [database]  url, pool_size (1..=1000, default 16)
     [sync]      schema (required, ^[a-z0-9_]+$), tables, migrations_dir, migrate_on_start
     [auth]      algorithm = HS256 | RS256 | ES256 (default HS256, or taken from the JWKS keys)
@@ -282,6 +289,12 @@ pub fn parse_args(args: &[String]) -> Result<(Command, Flags), ConfigError> {
             }
             "--migrations" => flags.migrations_dir = Some(PathBuf::from(value("--migrations")?)),
             "--migrate" => flags.migrate = true,
+            "--drain-timeout" => {
+                let v = value("--drain-timeout")?;
+                flags.drain_timeout_seconds = Some(v.parse().map_err(|_| {
+                    ConfigError::Usage(format!("--drain-timeout {v:?} must be a number of seconds"))
+                })?);
+            }
             "serve" | "migrate" | "check" if command.is_none() => {
                 command = Some(match name {
                     "serve" => Command::Serve,
@@ -327,7 +340,12 @@ pub struct ServerSettings {
     pub limits: Limits,
     /// Watch settings.
     pub watch: WatchConfig,
+    /// How long running requests may take to finish after SIGTERM or ctrl-c.
+    pub drain_timeout: Duration,
 }
+
+/// Default of `server.drain_timeout_seconds`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn valid_identifier(key: &str, value: &str) -> Result<(), ConfigError> {
     if crate::bootstrap::is_valid_identifier(value) {
@@ -717,7 +735,19 @@ impl ServerSettings {
         if app_name.trim().is_empty() {
             return Err(invalid("server.app_name", "must not be empty"));
         }
+        let drain_timeout = seconds(
+            if flags.drain_timeout_seconds.is_some() {
+                "--drain-timeout"
+            } else {
+                "server.drain_timeout_seconds"
+            },
+            flags
+                .drain_timeout_seconds
+                .or(file.server.drain_timeout_seconds),
+            DEFAULT_DRAIN_TIMEOUT,
+        )?;
         Ok(ServerSettings {
+            drain_timeout,
             database_url,
             pool_size,
             listen,

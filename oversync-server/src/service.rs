@@ -24,6 +24,7 @@ pub struct SyncService {
     registry: RwLock<Arc<Registry>>,
     pub(crate) hub: WatchHub,
     pub(crate) inflight: AtomicI64,
+    pub(crate) drain: crate::drain::Drain,
     listener: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -75,6 +76,7 @@ impl SyncService {
             registry: RwLock::new(Arc::new(registry)),
             hub: WatchHub::default(),
             inflight: AtomicI64::new(0),
+            drain: Default::default(),
             listener: std::sync::Mutex::new(None),
         });
         if service.config.watch.enabled {
@@ -201,6 +203,10 @@ impl SyncService {
                 get(crate::snapshots::chunk).delete(crate::snapshots::delete),
             )
             .layer(DefaultBodyLimit::max(self.config.limits.max_body_bytes))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                crate::drain::guard,
+            ))
             .with_state(self.clone())
     }
 
@@ -209,6 +215,10 @@ impl SyncService {
         Router::new()
             .route("/syncx/health", get(crate::status::health))
             .route("/syncx/status", get(crate::status::status))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                crate::drain::guard,
+            ))
             .with_state(self.clone())
     }
 }

@@ -235,20 +235,28 @@ pub(crate) async fn watch(
         );
     }
     rx.mark_changed();
-    let events = stream::unfold((rx, after), |(mut rx, mut last)| async move {
-        loop {
-            rx.changed().await.ok()?;
-            let event = rx.borrow_and_update().clone();
-            if let Some(event) = event
-                && event.bundle_seq > last
-            {
-                last = event.bundle_seq;
-                let data = serde_json::to_string(&event).unwrap_or_default();
-                let sse = Event::default().event("bundle").data(data);
-                return Some((Ok::<_, Infallible>(sse), (rx, last)));
+    // Draining ends the stream, so the client reconnects to an instance that stays.
+    let drained = Box::pin(service.drain.begun());
+    let events = stream::unfold(
+        (rx, after, drained),
+        |(mut rx, mut last, mut drained)| async move {
+            loop {
+                tokio::select! {
+                    changed = rx.changed() => changed.ok()?,
+                    () = &mut drained => return None,
+                }
+                let event = rx.borrow_and_update().clone();
+                if let Some(event) = event
+                    && event.bundle_seq > last
+                {
+                    last = event.bundle_seq;
+                    let data = serde_json::to_string(&event).unwrap_or_default();
+                    let sse = Event::default().event("bundle").data(data);
+                    return Some((Ok::<_, Infallible>(sse), (rx, last, drained)));
+                }
             }
-        }
-    });
+        },
+    );
     Ok(sse_response(events, service.config.watch.heartbeat))
 }
 

@@ -109,10 +109,36 @@ async fn run(command: Command, settings: ServerSettings) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on server.listen {}: {e}", settings.listen))?;
     tracing::info!(addr = %settings.listen, tables = ?tables, "oversync-server listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut serving = tokio::spawn(
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+    tokio::select! {
+        result = &mut serving => {
+            sync.shutdown();
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("server error: {e}")),
+                Err(e) => Err(format!("server task: {e}")),
+            };
+        }
+        () = shutdown_signal() => {}
+    }
+    // Drain first (new requests 503, watch streams end), then stop accepting.
+    tracing::info!(deadline = ?settings.drain_timeout, "shutdown requested; draining");
+    match sync.drain(settings.drain_timeout).await {
+        oversync_server::DrainOutcome::Drained => tracing::info!("drained"),
+        oversync_server::DrainOutcome::DeadlineExceeded { in_flight } => {
+            tracing::warn!(in_flight, "drain deadline passed; stopping anyway")
+        }
+    }
+    let _ = stop.send(());
+    // Idle keep-alive connections close at once; anything still open is cut after a moment.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), serving).await;
     sync.shutdown();
     Ok(())
 }
