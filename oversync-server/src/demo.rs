@@ -70,6 +70,8 @@ pub struct DemoConfig {
     pub extra_schema_sql: String,
     /// The tables `extra_schema_sql` creates.
     pub extra_tables: Vec<TableSpec>,
+    /// Retention age rule and sweep.
+    pub retention: crate::retention::RetentionConfig,
 }
 
 impl DemoConfig {
@@ -84,6 +86,7 @@ impl DemoConfig {
             watch: WatchConfig::default(),
             extra_schema_sql: String::new(),
             extra_tables: Vec::new(),
+            retention: Default::default(),
         }
     }
 }
@@ -365,6 +368,7 @@ pub async fn build_app(config: DemoConfig) -> Result<DemoApp, DemoError> {
     let mut service_config = ServiceConfig::new(&config.app_name, tables);
     service_config.limits = config.limits.clone();
     service_config.watch = config.watch.clone();
+    service_config.retention = config.retention.clone();
     let service = SyncService::start(pg_config, service_config).await?;
     let auth = JwtAuth::new(&config.jwt_secret);
     let state = DemoState {

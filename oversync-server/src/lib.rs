@@ -44,6 +44,7 @@ mod drain;
 pub mod error;
 pub mod file_config;
 pub mod jwt;
+pub mod metrics;
 pub mod migrate;
 mod payload;
 mod pull;

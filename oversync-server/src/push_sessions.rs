@@ -698,13 +698,11 @@ impl SyncService {
         bundle: &CommittedBundle,
     ) -> Result<(), SyncError> {
         scope::activate_source(tx, user_pk, &bundle.source_id, bundle.source_bundle_id).await?;
-        crate::retention::apply_policy(
-            tx,
-            user_pk,
-            self.config.limits.retained_bundles_per_user,
-            self.config.limits.retention_prune_batch,
-        )
-        .await
+        self.metrics.committed(bundle.row_count);
+        let deleted =
+            crate::retention::apply_policy(tx, user_pk, crate::retention::Policy::of(self)).await?;
+        self.metrics_history_deleted(deleted);
+        Ok(())
     }
 }
 

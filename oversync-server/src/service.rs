@@ -25,7 +25,9 @@ pub struct SyncService {
     pub(crate) hub: WatchHub,
     pub(crate) inflight: AtomicI64,
     pub(crate) drain: crate::drain::Drain,
-    listener: std::sync::Mutex<Option<JoinHandle<()>>>,
+    pub(crate) metrics: crate::metrics::Metrics,
+    /// Background tasks (watch listener, retention sweep), aborted on shutdown.
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for SyncService {
@@ -77,12 +79,20 @@ impl SyncService {
             hub: WatchHub::default(),
             inflight: AtomicI64::new(0),
             drain: Default::default(),
-            listener: std::sync::Mutex::new(None),
+            metrics: Default::default(),
+            tasks: std::sync::Mutex::new(Vec::new()),
         });
-        if service.config.watch.enabled {
-            let handle = tokio::spawn(crate::watch::run_listener(Arc::downgrade(&service)));
-            if let Ok(mut slot) = service.listener.lock() {
-                *slot = Some(handle);
+        if let Ok(mut tasks) = service.tasks.lock() {
+            if service.config.watch.enabled {
+                tasks.push(tokio::spawn(crate::watch::run_listener(Arc::downgrade(
+                    &service,
+                ))));
+            }
+            if let Some(interval) = service.config.retention.sweep_interval {
+                tasks.push(tokio::spawn(crate::retention::run_sweeper(
+                    Arc::downgrade(&service),
+                    interval,
+                )));
             }
         }
         Ok(service)
@@ -130,12 +140,12 @@ impl SyncService {
         Ok(changed)
     }
 
-    /// Stops the watch listener task.
+    /// Stops the background tasks (watch listener, retention sweep).
     pub fn shutdown(&self) {
-        if let Ok(mut slot) = self.listener.lock()
-            && let Some(handle) = slot.take()
-        {
-            handle.abort();
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for handle in tasks.drain(..) {
+                handle.abort();
+            }
         }
     }
 
@@ -203,6 +213,10 @@ impl SyncService {
                 get(crate::snapshots::chunk).delete(crate::snapshots::delete),
             )
             .layer(DefaultBodyLimit::max(self.config.limits.max_body_bytes))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                crate::metrics::observe,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 crate::drain::guard,
@@ -210,11 +224,16 @@ impl SyncService {
             .with_state(self.clone())
     }
 
-    /// Only `/syncx/health` and `/syncx/status`.
+    /// Only the unauthenticated `/syncx/health`, `/syncx/status` and `/metrics`.
     pub fn public_routes(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/syncx/health", get(crate::status::health))
             .route("/syncx/status", get(crate::status::status))
+            .route("/metrics", get(crate::metrics::metrics))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                crate::metrics::observe,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 crate::drain::guard,

@@ -463,11 +463,11 @@ pub(crate) async fn chunk(
     let q = QueryParams::parse(query.as_deref());
     let after = q.int("after_row_ordinal", code)?.unwrap_or(0);
     let max_rows = q.int("max_rows", code)?;
-    Ok(Json(
-        service
-            .snapshot_chunk(&actor, &snapshot_id, after, max_rows)
-            .await?,
-    ))
+    let resp = service
+        .snapshot_chunk(&actor, &snapshot_id, after, max_rows)
+        .await?;
+    service.metrics.snapshot_rows(resp.rows.len());
+    Ok(Json(resp))
 }
 
 pub(crate) async fn delete(

@@ -70,6 +70,14 @@ impl WatchHub {
         }
     }
 
+    /// Open watch streams of the process.
+    pub(crate) fn total_subscribers(&self) -> usize {
+        match self.users.lock() {
+            Ok(u) => u.values().map(|tx| tx.receiver_count()).sum(),
+            Err(_) => 0,
+        }
+    }
+
     /// Number of open watch streams of one user.
     pub(crate) fn subscriber_count(&self, user_pk: i64) -> usize {
         match self.users.lock() {
