@@ -122,6 +122,13 @@ impl crate::SyncService {
         if !policy.prunes_anything() {
             return Ok(0);
         }
+        // Without the age rule only users holding more than `keep_last` bundles can
+        // prune; with it, any user holding more than the newest bundle.
+        let candidates_above = if policy.max_age_seconds.is_none() {
+            policy.keep_last
+        } else {
+            1
+        };
         let mut deleted = 0;
         let mut after = 0_i64;
         loop {
@@ -130,9 +137,9 @@ impl crate::SyncService {
                 client
                     .query(
                         "SELECT user_pk, user_id FROM sync.user_state
-                          WHERE user_pk > $1 AND retained_bundle_floor < next_bundle_seq - 2
+                          WHERE user_pk > $1 AND next_bundle_seq - 1 - retained_bundle_floor > $3
                           ORDER BY user_pk LIMIT $2",
-                        &[&after, &SWEEP_PAGE],
+                        &[&after, &SWEEP_PAGE, &candidates_above],
                     )
                     .await?
             };

@@ -39,9 +39,11 @@ impl std::fmt::Debug for SyncService {
 }
 
 /// Builds a connection pool for `pg_config`; sessions use UTC so timestamps in payloads
-/// are rendered as `+00:00`, as the reference does.
+/// are rendered as `+00:00`, as the reference does. Options already in `pg_config` (such
+/// as `-c statement_timeout=...`) are kept.
 pub fn connect_pool(mut pg_config: tokio_postgres::Config, max_size: usize) -> Pool {
-    pg_config.options("-c TimeZone=UTC");
+    let options = pg_config.get_options().unwrap_or_default().to_owned();
+    pg_config.options(format!("{options} -c TimeZone=UTC").trim_start());
     let manager = Manager::from_config(
         pg_config,
         NoTls,

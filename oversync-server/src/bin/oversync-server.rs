@@ -49,8 +49,15 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Command, settings: ServerSettings) -> Result<(), String> {
-    let pg = tokio_postgres::Config::from_str(&settings.database_url)
+    let mut pg = tokio_postgres::Config::from_str(&settings.database_url)
         .map_err(|e| format!("config key database.url: {e}"))?;
+    if let Some(timeout) = settings.statement_timeout {
+        let options = pg.get_options().unwrap_or_default().to_owned();
+        pg.options(format!(
+            "{options} -c statement_timeout={}",
+            timeout.as_millis()
+        ));
+    }
     // Migrations and table discovery need one connection; the service opens its own pool.
     let pool = service::connect_pool(pg.clone(), 1);
     let mut client = pool
@@ -89,6 +96,7 @@ async fn run(command: Command, settings: ServerSettings) -> Result<(), String> {
     config.limits = settings.limits.clone();
     config.watch = settings.watch.clone();
     config.pool_size = settings.pool_size;
+    config.retention = settings.retention.clone();
     // Bootstrap validates every table and names the rule a table breaks.
     let sync = SyncService::start(pg, config)
         .await
