@@ -429,10 +429,11 @@ impl SyncService {
         let bases: Vec<i64> = rows.iter().map(|r| r.base_row_version).collect();
         let payloads: Vec<Option<&str>> = rows.iter().map(|r| r.payload.as_deref()).collect();
         tx.execute(
-            "INSERT INTO sync.push_session_rows (push_id, row_ordinal, table_id, key_text, op, base_row_version, payload)
-             SELECT $1::text::uuid, r.o, r.t, r.k, r.op, r.b, r.p
-             FROM unnest($2::int8[], $3::int4[], $4::text[], $5::int2[], $6::int8[], $7::text[])
-                  AS r(o, t, k, op, b, p)",
+            "INSERT INTO sync.push_session_rows (user_pk, push_id, row_ordinal, table_id, key_text, op, base_row_version, payload)
+             SELECT ps.user_pk, ps.push_id, r.o, r.t, r.k, r.op, r.b, r.p
+             FROM sync.push_sessions ps, unnest($2::int8[], $3::int4[], $4::text[], $5::int2[], $6::int8[], $7::text[])
+                  AS r(o, t, k, op, b, p)
+             WHERE ps.push_id = $1::text::uuid",
             &[&push_id, &ordinals, &table_ids, &keys, &ops, &bases, &payloads],
         )
         .await?;

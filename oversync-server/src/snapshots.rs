@@ -230,8 +230,8 @@ impl SyncService {
 fn materialize_sql(info: &TableInfo) -> String {
     format!(
         "WITH copied AS (
-           INSERT INTO sync.snapshot_rows (snapshot_id, row_ordinal, table_id, key_text, row_version, payload)
-           SELECT $1::text::uuid, $2 + row_number() OVER (ORDER BY s.k COLLATE \"C\"), {id},
+           INSERT INTO sync.snapshot_rows (user_pk, snapshot_id, row_ordinal, table_id, key_text, row_version, payload)
+           SELECT $4, $1::text::uuid, $2 + row_number() OVER (ORDER BY s.k COLLATE \"C\"), {id},
                   s.k,
                   COALESCE((SELECT rs.bundle_seq FROM sync.row_state rs
                             WHERE rs.user_pk = $4 AND rs.table_id = {id} AND rs.key_text = s.k), 0),
