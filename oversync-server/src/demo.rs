@@ -21,7 +21,6 @@ use axum::{Json, Router};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -351,10 +350,12 @@ struct DemoState {
 
 /// Creates the business schema, bootstraps sync and builds the router.
 pub async fn build_app(config: DemoConfig) -> Result<DemoApp, DemoError> {
-    let pg_config = tokio_postgres::Config::from_str(&config.database_url)
+    let database = crate::tls::Database::parse(&config.database_url, None)
         .map_err(|e| DemoError::DatabaseUrl(e.to_string()))?;
+    let pg_config = database.config.clone();
     {
-        let pool = crate::service::connect_pool(pg_config.clone(), 1);
+        let pool =
+            crate::service::connect_pool_with(pg_config.clone(), 1, database.connector.clone());
         let client = pool.get().await?;
         client
             .batch_execute(&business_schema_sql(&config.business_schema))
@@ -369,7 +370,8 @@ pub async fn build_app(config: DemoConfig) -> Result<DemoApp, DemoError> {
     service_config.limits = config.limits.clone();
     service_config.watch = config.watch.clone();
     service_config.retention = config.retention.clone();
-    let service = SyncService::start(pg_config, service_config).await?;
+    let service =
+        SyncService::start_with_tls(pg_config, database.connector, service_config).await?;
     let auth = JwtAuth::new(&config.jwt_secret);
     let state = DemoState {
         service: service.clone(),

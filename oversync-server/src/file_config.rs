@@ -125,6 +125,7 @@ struct DatabaseSection {
     pool_size: Option<i64>,
     // Production operation (issue 15).
     statement_timeout_seconds: Option<i64>,
+    ca_file: Option<PathBuf>,
 }
 
 /// `[retention]`: bounded history (issue 15).
@@ -263,6 +264,8 @@ CONFIG KEYS:
                 retention_prune_batch, max_body_bytes
     [watch]     enabled (default true), heartbeat_seconds (default 25), channel
     [database]  statement_timeout_seconds (default: the server's; cancels longer statements)
+                ca_file (PEM CA certificates for sslmode=verify-full; default: public roots)
+                url's sslmode: disable | prefer (default) | require | verify-full
     [retention] keep_days (bundles younger are kept), keep_last (newest N per user are kept,
                 same as limits.retained_bundles_per_user; 0 = the count rule keeps nothing),
                 sweep_interval_seconds (default 300), batch (bundles per transaction).
@@ -363,6 +366,8 @@ pub struct ServerSettings {
     pub drain_timeout: Duration,
     /// `database.statement_timeout_seconds`.
     pub statement_timeout: Option<Duration>,
+    /// `database.ca_file`: PEM certificates `sslmode=verify-full` trusts.
+    pub ca_file: Option<PathBuf>,
     /// Age rule and sweep of the retained history.
     pub retention: crate::retention::RetentionConfig,
 }
@@ -676,11 +681,13 @@ impl ServerSettings {
                 key: "database.url".into(),
                 hint: "set it in the config file, DATABASE_URL or --database-url".into(),
             })?;
-        if let Err(e) = database_url.parse::<tokio_postgres::Config>() {
-            return Err(invalid(
-                "database.url",
-                format!("not a PostgreSQL URL (postgres://user@host:port/db): {e}"),
-            ));
+        let ca_file = file.database.ca_file.as_ref().map(|f| base.join(f));
+        if let Err(e) = crate::tls::Database::parse(&database_url, ca_file.as_deref()) {
+            let key = match e {
+                crate::tls::TlsError::CaFile { .. } => "database.ca_file",
+                _ => "database.url",
+            };
+            return Err(invalid(key, e.to_string()));
         }
         let pool_size = match file.database.pool_size {
             None => 16,
@@ -806,6 +813,7 @@ impl ServerSettings {
             )?),
         };
         Ok(ServerSettings {
+            ca_file,
             statement_timeout,
             retention,
             drain_timeout,

@@ -55,6 +55,7 @@ pub mod service;
 mod snapshots;
 mod sql;
 mod status;
+pub mod tls;
 mod watch;
 pub mod writes;
 

@@ -11,7 +11,6 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 
 /// Shared state of the sync runtime. Create it with [`SyncService::start`], mount
 /// [`SyncService::router`] behind the host's auth layer (which must insert an
@@ -20,6 +19,7 @@ use tokio_postgres::NoTls;
 pub struct SyncService {
     pub(crate) pool: Pool,
     pub(crate) pg_config: tokio_postgres::Config,
+    pub(crate) tls: crate::tls::Connector,
     pub(crate) config: ServiceConfig,
     registry: RwLock<Arc<Registry>>,
     pub(crate) hub: WatchHub,
@@ -41,12 +41,22 @@ impl std::fmt::Debug for SyncService {
 /// Builds a connection pool for `pg_config`; sessions use UTC so timestamps in payloads
 /// are rendered as `+00:00`, as the reference does. Options already in `pg_config` (such
 /// as `-c statement_timeout=...`) are kept.
-pub fn connect_pool(mut pg_config: tokio_postgres::Config, max_size: usize) -> Pool {
+pub fn connect_pool(pg_config: tokio_postgres::Config, max_size: usize) -> Pool {
+    let connector = crate::tls::Connector::for_config(&pg_config);
+    connect_pool_with(pg_config, max_size, connector)
+}
+
+/// [`connect_pool`] with an explicit TLS connector (from [`crate::tls::Database::parse`]).
+pub fn connect_pool_with(
+    mut pg_config: tokio_postgres::Config,
+    max_size: usize,
+    connector: crate::tls::Connector,
+) -> Pool {
     let options = pg_config.get_options().unwrap_or_default().to_owned();
     pg_config.options(format!("{options} -c TimeZone=UTC").trim_start());
     let manager = Manager::from_config(
         pg_config,
-        NoTls,
+        connector,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -65,7 +75,21 @@ impl SyncService {
         pg_config: tokio_postgres::Config,
         config: ServiceConfig,
     ) -> Result<Arc<SyncService>, BootstrapError> {
-        let pool = connect_pool(pg_config.clone(), config.pool_size.max(2));
+        let connector = crate::tls::Connector::for_config(&pg_config);
+        Self::start_with_tls(pg_config, connector, config).await
+    }
+
+    /// [`SyncService::start`] over TLS as [`crate::tls::Database::parse`] set it up.
+    pub async fn start_with_tls(
+        pg_config: tokio_postgres::Config,
+        connector: crate::tls::Connector,
+        config: ServiceConfig,
+    ) -> Result<Arc<SyncService>, BootstrapError> {
+        let pool = connect_pool_with(
+            pg_config.clone(),
+            config.pool_size.max(2),
+            connector.clone(),
+        );
         let registry = {
             let mut client = pool
                 .get()
@@ -76,6 +100,7 @@ impl SyncService {
         let service = Arc::new(SyncService {
             pool,
             pg_config,
+            tls: connector,
             config,
             registry: RwLock::new(Arc::new(registry)),
             hub: WatchHub::default(),

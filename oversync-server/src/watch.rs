@@ -115,9 +115,10 @@ pub(crate) async fn run_listener(service: Weak<SyncService>) {
     loop {
         let Some(svc) = service.upgrade() else { return };
         let pg_config = svc.pg_config.clone();
+        let tls = svc.tls.clone();
         let channel = svc.config.watch.channel.clone();
         drop(svc);
-        match listen_once(&service, pg_config, &channel).await {
+        match listen_once(&service, pg_config, tls, &channel).await {
             Ok(()) => return,
             Err(err) => {
                 tracing::warn!(error = %err, "bundle change listener failed; reconnecting");
@@ -131,9 +132,10 @@ pub(crate) async fn run_listener(service: Weak<SyncService>) {
 async fn listen_once(
     service: &Weak<SyncService>,
     pg_config: tokio_postgres::Config,
+    tls: crate::tls::Connector,
     channel: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = pg_config.connect(tokio_postgres::NoTls).await?;
+    let (client, mut connection) = pg_config.connect(tls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));

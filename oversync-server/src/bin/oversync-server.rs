@@ -6,7 +6,6 @@ use oversync_server::file_config::{self, Command, ServerSettings};
 use oversync_server::jwt::{self, JwtVerifier};
 use oversync_server::{ServiceConfig, SyncService, bootstrap, migrate, service};
 use std::process::ExitCode;
-use std::str::FromStr;
 
 /// Exit code of a configuration or usage error (as `sysexits` EX_USAGE-like tools do).
 const EXIT_CONFIG: u8 = 2;
@@ -49,8 +48,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Command, settings: ServerSettings) -> Result<(), String> {
-    let mut pg = tokio_postgres::Config::from_str(&settings.database_url)
-        .map_err(|e| format!("config key database.url: {e}"))?;
+    let database =
+        oversync_server::tls::Database::parse(&settings.database_url, settings.ca_file.as_deref())
+            .map_err(|e| format!("config key database.url: {e}"))?;
+    let mut pg = database.config.clone();
     if let Some(timeout) = settings.statement_timeout {
         let options = pg.get_options().unwrap_or_default().to_owned();
         pg.options(format!(
@@ -59,7 +60,7 @@ async fn run(command: Command, settings: ServerSettings) -> Result<(), String> {
         ));
     }
     // Migrations and table discovery need one connection; the service opens its own pool.
-    let pool = service::connect_pool(pg.clone(), 1);
+    let pool = service::connect_pool_with(pg.clone(), 1, database.connector.clone());
     let mut client = pool
         .get()
         .await
@@ -98,7 +99,7 @@ async fn run(command: Command, settings: ServerSettings) -> Result<(), String> {
     config.pool_size = settings.pool_size;
     config.retention = settings.retention.clone();
     // Bootstrap validates every table and names the rule a table breaks.
-    let sync = SyncService::start(pg, config)
+    let sync = SyncService::start_with_tls(pg, database.connector, config)
         .await
         .map_err(|e| format!("cannot serve schema {}: {e}", settings.schema))?;
     let tables = sync.registry().qualified_names();
