@@ -33,17 +33,16 @@ async fn timed<T>(
 ) -> T {
     let start = Instant::now();
     let out = f.await;
-    lat.lock().unwrap().entry(route).or_default().push(start.elapsed());
+    lat.lock()
+        .unwrap()
+        .entry(route)
+        .or_default()
+        .push(start.elapsed());
     out
 }
 
 /// One device's loop; returns the ids of rows in bundles the server acknowledged.
-async fn device(
-    apis: [Api; 2],
-    until: Instant,
-    lat: Latencies,
-    seed: u64,
-) -> (Vec<String>, u64) {
+async fn device(apis: [Api; 2], until: Instant, lat: Latencies, seed: u64) -> (Vec<String>, u64) {
     let mut acked = Vec::new();
     let mut failures = 0;
     timed(&lat, "POST /sync/connect", apis[0].connect(false)).await;
@@ -104,11 +103,16 @@ async fn device(
         let (s, pulled) = timed(
             &lat,
             "GET /sync/pull",
-            api.get(&format!("/sync/pull?after_bundle_seq={after}&max_bundles=100")),
+            api.get(&format!(
+                "/sync/pull?after_bundle_seq={after}&max_bundles=100"
+            )),
         )
         .await;
         if s == StatusCode::OK {
-            after = pulled["stable_bundle_seq"].as_i64().unwrap_or(after).max(after);
+            after = pulled["stable_bundle_seq"]
+                .as_i64()
+                .unwrap_or(after)
+                .max(after);
         } else {
             failures += 1;
         }
@@ -122,7 +126,9 @@ async fn pulled_ids(api: &Api) -> BTreeSet<String> {
     let mut after = 0;
     loop {
         let (s, b) = api
-            .get(&format!("/sync/pull?after_bundle_seq={after}&max_bundles=1000"))
+            .get(&format!(
+                "/sync/pull?after_bundle_seq={after}&max_bundles=1000"
+            ))
             .await;
         assert_eq!(s, StatusCode::OK, "{b}");
         for bundle in b["bundles"].as_array().unwrap() {
@@ -153,12 +159,16 @@ async fn main() {
     .expect("first instance");
     let mut second_config = DemoConfig::new(&a.database().url);
     second_config.limits.retained_bundles_per_user = 0;
-    let b = demo::build_app(second_config).await.expect("second instance");
+    let b = demo::build_app(second_config)
+        .await
+        .expect("second instance");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let b_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(demo::serve(listener, b.router, std::future::pending()));
 
-    let users: Vec<String> = (0..devices.div_ceil(4)).map(|i| format!("load-{i}")).collect();
+    let users: Vec<String> = (0..devices.div_ceil(4))
+        .map(|i| format!("load-{i}"))
+        .collect();
     let lat: Latencies = Arc::default();
     let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
@@ -182,7 +192,7 @@ async fn main() {
     }
     let elapsed = started.elapsed().as_secs_f64();
 
-    let lat = lat.lock().unwrap();
+    let lat = lat.lock().unwrap().clone();
     println!(
         "load: {devices} devices, {} users, 2 instances, {seconds} s",
         users.len()
@@ -208,7 +218,6 @@ async fn main() {
         "acknowledged: {rows} rows ({:.0} rows/s), {commits} commit requests, {failures} failed requests",
         rows as f64 / elapsed
     );
-    drop(lat);
 
     // Every acknowledged write is in PostgreSQL exactly once; every user's pull equals it.
     let (client, conn) = tokio_postgres::connect(&a.database().url, tokio_postgres::NoTls)
@@ -238,7 +247,9 @@ async fn main() {
             diverged += 1;
         }
     }
-    println!("check: lost {lost}, duplicated {duplicated}, users whose pull differs from PostgreSQL {diverged}");
+    println!(
+        "check: lost {lost}, duplicated {duplicated}, users whose pull differs from PostgreSQL {diverged}"
+    );
     assert_eq!((lost, duplicated, diverged), (0, 0, 0), "nothing lost");
     b.service.shutdown();
 }
