@@ -640,7 +640,7 @@ impl SyncService {
         .ok_or_else(|| {
             invalid("push session produced no captured business-table effects".into())
         })?;
-        self.after_bundle(&tx, session.user_pk, &bundle).await?;
+        let pruned = self.after_bundle(&tx, session.user_pk, &bundle).await?;
         tx.execute(
             "DELETE FROM sync.push_sessions WHERE push_id = $1::text::uuid",
             &[&push_id],
@@ -660,6 +660,7 @@ impl SyncService {
                 SyncError::from(e)
             }
         })?;
+        self.record_commit(&bundle, pruned);
         Ok(PushSessionCommitResponse {
             bundle_seq: bundle.bundle_seq,
             source_id: bundle.source_id,
@@ -691,19 +692,22 @@ impl SyncService {
             .then_some(self.config.watch.channel.as_str())
     }
 
-    /// Bookkeeping shared by push commits and server writes.
+    /// Bookkeeping shared by push commits and server writes, inside their transaction.
+    /// Returns the bundles retention deleted (counted once the transaction commits).
     pub(crate) async fn after_bundle(
         &self,
         tx: &impl GenericClient,
         user_pk: i64,
         bundle: &CommittedBundle,
-    ) -> Result<(), SyncError> {
+    ) -> Result<i64, SyncError> {
         scope::activate_source(tx, user_pk, &bundle.source_id, bundle.source_bundle_id).await?;
+        crate::retention::apply_policy(tx, user_pk, crate::retention::Policy::of(self)).await
+    }
+
+    /// Metrics of a committed bundle, after its transaction committed.
+    pub(crate) fn record_commit(&self, bundle: &CommittedBundle, pruned: i64) {
         self.metrics.committed(bundle.row_count);
-        let deleted =
-            crate::retention::apply_policy(tx, user_pk, crate::retention::Policy::of(self)).await?;
-        self.metrics_history_deleted(deleted);
-        Ok(())
+        self.metrics_history_deleted(pruned);
     }
 }
 
