@@ -530,6 +530,22 @@ async fn install_triggers(tx: &impl GenericClient, info: &TableInfo) -> Result<(
 const SYNC_SCHEMA_SQL: &str = r#"
 CREATE SCHEMA IF NOT EXISTS sync;
 
+-- Every per-user table is keyed by the user first, so the schema can be distributed by user.
+-- Databases bootstrapped before that had the session tables and the capture stage keyed by
+-- a session id or ordinal alone. They hold only transient state, so they are recreated:
+-- a push or snapshot in flight during the upgrade restarts (its session is not found).
+DO $upgrade$
+BEGIN
+    IF to_regclass('sync.push_session_rows') IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM information_schema.columns
+         WHERE table_schema = 'sync' AND table_name = 'push_session_rows' AND column_name = 'user_pk'
+    ) THEN
+        DROP TABLE IF EXISTS sync.push_session_rows, sync.push_sessions,
+            sync.snapshot_rows, sync.snapshot_sessions, sync.capture_stage;
+    END IF;
+END
+$upgrade$;
+
 CREATE TABLE IF NOT EXISTS sync.table_catalog (
     table_id INTEGER PRIMARY KEY,
     schema_name TEXT NOT NULL,
@@ -575,13 +591,14 @@ CREATE TABLE IF NOT EXISTS sync.row_state (
 
 -- Row effects captured by triggers inside the current transaction; emptied before commit.
 CREATE UNLOGGED TABLE IF NOT EXISTS sync.capture_stage (
-    ordinal BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ordinal BIGINT GENERATED ALWAYS AS IDENTITY,
     txid BIGINT NOT NULL,
     user_pk BIGINT NOT NULL,
     table_id INTEGER NOT NULL,
     op SMALLINT NOT NULL,
     key_text TEXT NOT NULL,
-    payload JSONB
+    payload JSONB,
+    PRIMARY KEY (user_pk, ordinal)
 );
 CREATE INDEX IF NOT EXISTS capture_stage_txid_idx ON sync.capture_stage (txid, user_pk, ordinal);
 
@@ -611,7 +628,7 @@ CREATE TABLE IF NOT EXISTS sync.bundle_rows (
 );
 
 CREATE TABLE IF NOT EXISTS sync.push_sessions (
-    push_id UUID PRIMARY KEY,
+    push_id UUID NOT NULL,
     user_pk BIGINT NOT NULL REFERENCES sync.user_state(user_pk) ON DELETE CASCADE,
     source_id TEXT NOT NULL,
     source_bundle_id BIGINT NOT NULL,
@@ -619,40 +636,51 @@ CREATE TABLE IF NOT EXISTS sync.push_sessions (
     next_expected_row_ordinal BIGINT NOT NULL DEFAULT 0,
     initialization_id UUID,
     expires_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (user_pk, push_id),
     UNIQUE (user_pk, source_id, source_bundle_id)
 );
 CREATE INDEX IF NOT EXISTS push_sessions_expires_idx ON sync.push_sessions (expires_at);
+-- Requests name a session by id alone (the owner is checked after loading it).
+CREATE INDEX IF NOT EXISTS push_sessions_push_id_idx ON sync.push_sessions (push_id);
 
 CREATE TABLE IF NOT EXISTS sync.push_session_rows (
-    push_id UUID NOT NULL REFERENCES sync.push_sessions(push_id) ON DELETE CASCADE,
+    user_pk BIGINT NOT NULL,
+    push_id UUID NOT NULL,
     row_ordinal BIGINT NOT NULL,
     table_id INTEGER NOT NULL,
     key_text TEXT NOT NULL,
     op SMALLINT NOT NULL CHECK (op IN (1, 2, 3)),
     base_row_version BIGINT NOT NULL,
     payload TEXT,
-    PRIMARY KEY (push_id, row_ordinal)
+    PRIMARY KEY (user_pk, push_id, row_ordinal),
+    FOREIGN KEY (user_pk, push_id) REFERENCES sync.push_sessions(user_pk, push_id) ON DELETE CASCADE
 );
+CREATE INDEX IF NOT EXISTS push_session_rows_push_id_idx ON sync.push_session_rows (push_id, row_ordinal);
 
 CREATE TABLE IF NOT EXISTS sync.snapshot_sessions (
-    snapshot_id UUID PRIMARY KEY,
+    snapshot_id UUID NOT NULL,
     user_pk BIGINT NOT NULL REFERENCES sync.user_state(user_pk) ON DELETE CASCADE,
     snapshot_bundle_seq BIGINT NOT NULL,
     row_count BIGINT NOT NULL DEFAULT 0,
     byte_count BIGINT NOT NULL DEFAULT 0,
-    expires_at TIMESTAMPTZ NOT NULL
+    expires_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (user_pk, snapshot_id)
 );
 CREATE INDEX IF NOT EXISTS snapshot_sessions_expires_idx ON sync.snapshot_sessions (expires_at);
+CREATE INDEX IF NOT EXISTS snapshot_sessions_snapshot_id_idx ON sync.snapshot_sessions (snapshot_id);
 
 CREATE TABLE IF NOT EXISTS sync.snapshot_rows (
-    snapshot_id UUID NOT NULL REFERENCES sync.snapshot_sessions(snapshot_id) ON DELETE CASCADE,
+    user_pk BIGINT NOT NULL,
+    snapshot_id UUID NOT NULL,
     row_ordinal BIGINT NOT NULL,
     table_id INTEGER NOT NULL,
     key_text TEXT NOT NULL,
     row_version BIGINT NOT NULL,
     payload TEXT NOT NULL,
-    PRIMARY KEY (snapshot_id, row_ordinal)
+    PRIMARY KEY (user_pk, snapshot_id, row_ordinal),
+    FOREIGN KEY (user_pk, snapshot_id) REFERENCES sync.snapshot_sessions(user_pk, snapshot_id) ON DELETE CASCADE
 );
+CREATE INDEX IF NOT EXISTS snapshot_rows_snapshot_id_idx ON sync.snapshot_rows (snapshot_id, row_ordinal);
 
 CREATE SEQUENCE IF NOT EXISTS sync.accepted_push_replay_seq;
 CREATE SEQUENCE IF NOT EXISTS sync.rejected_registered_write_seq;

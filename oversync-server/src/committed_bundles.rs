@@ -149,9 +149,9 @@ pub(crate) async fn rows(
     let q = QueryParams::parse(query.as_deref());
     let after = q.int("after_row_ordinal", code)?;
     let max_rows = q.int("max_rows", code)?;
-    Ok(Json(
-        service
-            .committed_bundle_rows(&actor, bundle_seq, after, max_rows)
-            .await?,
-    ))
+    let resp = service
+        .committed_bundle_rows(&actor, bundle_seq, after, max_rows)
+        .await?;
+    service.metrics.committed_bundle_rows(resp.rows.len());
+    Ok(Json(resp))
 }

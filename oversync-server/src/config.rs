@@ -126,6 +126,8 @@ pub struct ServiceConfig {
     pub watch: WatchConfig,
     /// Size of the service's PostgreSQL connection pool.
     pub pool_size: usize,
+    /// Age rule and background sweep of the retained history.
+    pub retention: crate::retention::RetentionConfig,
 }
 
 impl ServiceConfig {
@@ -138,6 +140,7 @@ impl ServiceConfig {
             limits: Limits::default(),
             watch: WatchConfig::default(),
             pool_size: 16,
+            retention: Default::default(),
         }
     }
 }

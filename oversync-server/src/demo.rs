@@ -21,7 +21,6 @@ use axum::{Json, Router};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -70,6 +69,8 @@ pub struct DemoConfig {
     pub extra_schema_sql: String,
     /// The tables `extra_schema_sql` creates.
     pub extra_tables: Vec<TableSpec>,
+    /// Retention age rule and sweep.
+    pub retention: crate::retention::RetentionConfig,
 }
 
 impl DemoConfig {
@@ -84,6 +85,7 @@ impl DemoConfig {
             watch: WatchConfig::default(),
             extra_schema_sql: String::new(),
             extra_tables: Vec::new(),
+            retention: Default::default(),
         }
     }
 }
@@ -348,10 +350,12 @@ struct DemoState {
 
 /// Creates the business schema, bootstraps sync and builds the router.
 pub async fn build_app(config: DemoConfig) -> Result<DemoApp, DemoError> {
-    let pg_config = tokio_postgres::Config::from_str(&config.database_url)
+    let database = crate::tls::Database::parse(&config.database_url, None)
         .map_err(|e| DemoError::DatabaseUrl(e.to_string()))?;
+    let pg_config = database.config.clone();
     {
-        let pool = crate::service::connect_pool(pg_config.clone(), 1);
+        let pool =
+            crate::service::connect_pool_with(pg_config.clone(), 1, database.connector.clone());
         let client = pool.get().await?;
         client
             .batch_execute(&business_schema_sql(&config.business_schema))
@@ -365,7 +369,9 @@ pub async fn build_app(config: DemoConfig) -> Result<DemoApp, DemoError> {
     let mut service_config = ServiceConfig::new(&config.app_name, tables);
     service_config.limits = config.limits.clone();
     service_config.watch = config.watch.clone();
-    let service = SyncService::start(pg_config, service_config).await?;
+    service_config.retention = config.retention.clone();
+    let service =
+        SyncService::start_with_tls(pg_config, database.connector, service_config).await?;
     let auth = JwtAuth::new(&config.jwt_secret);
     let state = DemoState {
         service: service.clone(),

@@ -230,6 +230,15 @@ pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>
 
 impl IntoResponse for SyncError {
     fn into_response(self) -> Response {
+        let code = crate::metrics::ErrorCode(self.code());
+        let mut response = self.render();
+        response.extensions_mut().insert(code);
+        response
+    }
+}
+
+impl SyncError {
+    fn render(self) -> Response {
         let status = self.status();
         match self {
             SyncError::PushConflict { message, conflict } => (

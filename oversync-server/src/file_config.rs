@@ -105,6 +105,8 @@ struct FileConfig {
     limits: LimitsSection,
     #[serde(default)]
     watch: WatchSection,
+    #[serde(default)]
+    retention: RetentionSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +114,8 @@ struct FileConfig {
 struct ServerSection {
     listen: Option<String>,
     app_name: Option<String>,
+    // Production operation (issue 15).
+    drain_timeout_seconds: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +123,19 @@ struct ServerSection {
 struct DatabaseSection {
     url: Option<String>,
     pool_size: Option<i64>,
+    // Production operation (issue 15).
+    statement_timeout_seconds: Option<i64>,
+    ca_file: Option<PathBuf>,
+}
+
+/// `[retention]`: bounded history (issue 15).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionSection {
+    keep_days: Option<i64>,
+    keep_last: Option<i64>,
+    sweep_interval_seconds: Option<i64>,
+    batch: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,6 +220,8 @@ pub struct Flags {
     pub migrations_dir: Option<PathBuf>,
     /// `--migrate`.
     pub migrate: bool,
+    /// `--drain-timeout SECONDS`.
+    pub drain_timeout_seconds: Option<i64>,
 }
 
 /// Usage text of `--help`.
@@ -222,10 +241,13 @@ OPTIONS (each overrides the config file):
         --tables A,B         sync.tables (default: every table of the schema with _sync_scope_id)
         --migrations DIR     sync.migrations_dir
         --migrate            apply pending migrations before serving
+        --drain-timeout SECS server.drain_timeout_seconds (default 30)
     -h, --help               this text
 
 CONFIG KEYS:
-    [server]    listen, app_name
+    [server]    listen, app_name, drain_timeout_seconds (default 30: on SIGTERM or ctrl-c,
+                running requests get this long to finish while new ones are answered 503
+                with Retry-After and watch streams end)
     [database]  url, pool_size (1..=1000, default 16)
     [sync]      schema (required, ^[a-z0-9_]+$), tables, migrations_dir, migrate_on_start
     [auth]      algorithm = HS256 | RS256 | ES256 (default HS256, or taken from the JWKS keys)
@@ -241,6 +263,13 @@ CONFIG KEYS:
                 default_bundles_per_pull, max_bundles_per_pull, retained_bundles_per_user,
                 retention_prune_batch, max_body_bytes
     [watch]     enabled (default true), heartbeat_seconds (default 25), channel
+    [database]  statement_timeout_seconds (default: the server's; cancels longer statements)
+                ca_file (PEM CA certificates for sslmode=verify-full; default: public roots)
+                url's sslmode: disable | prefer (default) | require | verify-full
+    [retention] keep_days (bundles younger are kept), keep_last (newest N per user are kept,
+                same as limits.retained_bundles_per_user; 0 = the count rule keeps nothing),
+                sweep_interval_seconds (default 300), batch (bundles per transaction).
+                A bundle goes only when every configured rule lets it go.
 
 The server refuses to start on a schema it cannot serve and names the table and the rule.
 ";
@@ -282,6 +311,12 @@ pub fn parse_args(args: &[String]) -> Result<(Command, Flags), ConfigError> {
             }
             "--migrations" => flags.migrations_dir = Some(PathBuf::from(value("--migrations")?)),
             "--migrate" => flags.migrate = true,
+            "--drain-timeout" => {
+                let v = value("--drain-timeout")?;
+                flags.drain_timeout_seconds = Some(v.parse().map_err(|_| {
+                    ConfigError::Usage(format!("--drain-timeout {v:?} must be a number of seconds"))
+                })?);
+            }
             "serve" | "migrate" | "check" if command.is_none() => {
                 command = Some(match name {
                     "serve" => Command::Serve,
@@ -327,7 +362,18 @@ pub struct ServerSettings {
     pub limits: Limits,
     /// Watch settings.
     pub watch: WatchConfig,
+    /// How long running requests may take to finish after SIGTERM or ctrl-c.
+    pub drain_timeout: Duration,
+    /// `database.statement_timeout_seconds`.
+    pub statement_timeout: Option<Duration>,
+    /// `database.ca_file`: PEM certificates `sslmode=verify-full` trusts.
+    pub ca_file: Option<PathBuf>,
+    /// Age rule and sweep of the retained history.
+    pub retention: crate::retention::RetentionConfig,
 }
+
+/// Default of `server.drain_timeout_seconds`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn valid_identifier(key: &str, value: &str) -> Result<(), ConfigError> {
     if crate::bootstrap::is_valid_identifier(value) {
@@ -635,11 +681,13 @@ impl ServerSettings {
                 key: "database.url".into(),
                 hint: "set it in the config file, DATABASE_URL or --database-url".into(),
             })?;
-        if let Err(e) = database_url.parse::<tokio_postgres::Config>() {
-            return Err(invalid(
-                "database.url",
-                format!("not a PostgreSQL URL (postgres://user@host:port/db): {e}"),
-            ));
+        let ca_file = file.database.ca_file.as_ref().map(|f| base.join(f));
+        if let Err(e) = crate::tls::Database::parse(&database_url, ca_file.as_deref()) {
+            let key = match e {
+                crate::tls::TlsError::CaFile { .. } => "database.ca_file",
+                _ => "database.url",
+            };
+            return Err(invalid(key, e.to_string()));
         }
         let pool_size = match file.database.pool_size {
             None => 16,
@@ -717,7 +765,58 @@ impl ServerSettings {
         if app_name.trim().is_empty() {
             return Err(invalid("server.app_name", "must not be empty"));
         }
+        let drain_timeout = seconds(
+            if flags.drain_timeout_seconds.is_some() {
+                "--drain-timeout"
+            } else {
+                "server.drain_timeout_seconds"
+            },
+            flags
+                .drain_timeout_seconds
+                .or(file.server.drain_timeout_seconds),
+            DEFAULT_DRAIN_TIMEOUT,
+        )?;
+        let statement_timeout = match file.database.statement_timeout_seconds {
+            None => None,
+            v => Some(seconds(
+                "database.statement_timeout_seconds",
+                v,
+                Duration::ZERO,
+            )?),
+        };
+        let mut limits = limits(&file.limits)?;
+        let r = &file.retention;
+        limits.retained_bundles_per_user = non_negative(
+            "retention.keep_last",
+            r.keep_last,
+            limits.retained_bundles_per_user,
+        )?;
+        limits.retention_prune_batch =
+            positive("retention.batch", r.batch, limits.retention_prune_batch)?;
+        let retention = crate::retention::RetentionConfig {
+            max_age: match r.keep_days {
+                None => None,
+                Some(d) if (1..=36_500).contains(&d) => {
+                    Some(Duration::from_secs(d as u64 * 24 * 3600))
+                }
+                Some(d) => {
+                    return Err(invalid(
+                        "retention.keep_days",
+                        format!("{d} must be 1..=36500"),
+                    ));
+                }
+            },
+            sweep_interval: Some(seconds(
+                "retention.sweep_interval_seconds",
+                r.sweep_interval_seconds,
+                Duration::from_secs(300),
+            )?),
+        };
         Ok(ServerSettings {
+            ca_file,
+            statement_timeout,
+            retention,
+            drain_timeout,
             database_url,
             pool_size,
             listen,
@@ -728,7 +827,7 @@ impl ServerSettings {
             migrate_on_start,
             auth_keys,
             auth_checks,
-            limits: limits(&file.limits)?,
+            limits,
             watch,
         })
     }
@@ -751,6 +850,49 @@ mod tests {
 
     const BASE: &str =
         "[database]\nurl = \"postgres://p@127.0.0.1/db\"\n[sync]\nschema = \"app\"\n";
+
+    #[test]
+    fn production_keys_resolve_and_name_their_errors() {
+        let s = load(
+            "[database]\nurl = \"postgres://p@127.0.0.1/db\"\nstatement_timeout_seconds = 9\n\
+             [sync]\nschema = \"app\"\n[server]\ndrain_timeout_seconds = 5\n\
+             [retention]\nkeep_days = 30\nkeep_last = 100\nsweep_interval_seconds = 60\nbatch = 50\n",
+        )
+        .unwrap();
+        assert_eq!(s.drain_timeout, Duration::from_secs(5));
+        assert_eq!(s.statement_timeout, Some(Duration::from_secs(9)));
+        assert_eq!(
+            s.retention.max_age,
+            Some(Duration::from_secs(30 * 24 * 3600))
+        );
+        assert_eq!(s.retention.sweep_interval, Some(Duration::from_secs(60)));
+        assert_eq!(s.limits.retained_bundles_per_user, 100);
+        assert_eq!(s.limits.retention_prune_batch, 50);
+        let d = load(BASE).unwrap();
+        assert_eq!(d.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(d.statement_timeout, None);
+        assert_eq!(d.retention.max_age, None);
+        for (text, key) in [
+            (
+                format!("{BASE}[retention]\nkeep_days = 0\n"),
+                "retention.keep_days",
+            ),
+            (
+                format!("{BASE}[retention]\nkeep_last = -1\n"),
+                "retention.keep_last",
+            ),
+            (
+                format!("{BASE}[server]\ndrain_timeout_seconds = 0\n"),
+                "server.drain_timeout_seconds",
+            ),
+        ] {
+            let e = load(&text).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        let (_, flags) = parse_args(&["--drain-timeout".into(), "7".into()]).unwrap();
+        assert_eq!(flags.drain_timeout_seconds, Some(7));
+        assert!(parse_args(&["--drain-timeout".into(), "x".into()]).is_err());
+    }
 
     #[test]
     fn minimal_config_has_defaults() {

@@ -148,5 +148,9 @@ pub(crate) async fn pull(
             "target_bundle_seq must be >= 0",
         ));
     }
-    Ok(Json(service.pull(&actor, after, max, target).await?))
+    let resp = service.pull(&actor, after, max, target).await?;
+    service
+        .metrics
+        .pull_rows(resp.bundles.iter().map(|b| b.rows.len()).sum());
+    Ok(Json(resp))
 }

@@ -429,10 +429,11 @@ impl SyncService {
         let bases: Vec<i64> = rows.iter().map(|r| r.base_row_version).collect();
         let payloads: Vec<Option<&str>> = rows.iter().map(|r| r.payload.as_deref()).collect();
         tx.execute(
-            "INSERT INTO sync.push_session_rows (push_id, row_ordinal, table_id, key_text, op, base_row_version, payload)
-             SELECT $1::text::uuid, r.o, r.t, r.k, r.op, r.b, r.p
-             FROM unnest($2::int8[], $3::int4[], $4::text[], $5::int2[], $6::int8[], $7::text[])
-                  AS r(o, t, k, op, b, p)",
+            "INSERT INTO sync.push_session_rows (user_pk, push_id, row_ordinal, table_id, key_text, op, base_row_version, payload)
+             SELECT ps.user_pk, ps.push_id, r.o, r.t, r.k, r.op, r.b, r.p
+             FROM sync.push_sessions ps, unnest($2::int8[], $3::int4[], $4::text[], $5::int2[], $6::int8[], $7::text[])
+                  AS r(o, t, k, op, b, p)
+             WHERE ps.push_id = $1::text::uuid",
             &[&push_id, &ordinals, &table_ids, &keys, &ops, &bases, &payloads],
         )
         .await?;
@@ -639,7 +640,7 @@ impl SyncService {
         .ok_or_else(|| {
             invalid("push session produced no captured business-table effects".into())
         })?;
-        self.after_bundle(&tx, session.user_pk, &bundle).await?;
+        let pruned = self.after_bundle(&tx, session.user_pk, &bundle).await?;
         tx.execute(
             "DELETE FROM sync.push_sessions WHERE push_id = $1::text::uuid",
             &[&push_id],
@@ -659,6 +660,7 @@ impl SyncService {
                 SyncError::from(e)
             }
         })?;
+        self.record_commit(&bundle, pruned);
         Ok(PushSessionCommitResponse {
             bundle_seq: bundle.bundle_seq,
             source_id: bundle.source_id,
@@ -690,21 +692,22 @@ impl SyncService {
             .then_some(self.config.watch.channel.as_str())
     }
 
-    /// Bookkeeping shared by push commits and server writes.
+    /// Bookkeeping shared by push commits and server writes, inside their transaction.
+    /// Returns the bundles retention deleted (counted once the transaction commits).
     pub(crate) async fn after_bundle(
         &self,
         tx: &impl GenericClient,
         user_pk: i64,
         bundle: &CommittedBundle,
-    ) -> Result<(), SyncError> {
+    ) -> Result<i64, SyncError> {
         scope::activate_source(tx, user_pk, &bundle.source_id, bundle.source_bundle_id).await?;
-        crate::retention::apply_policy(
-            tx,
-            user_pk,
-            self.config.limits.retained_bundles_per_user,
-            self.config.limits.retention_prune_batch,
-        )
-        .await
+        crate::retention::apply_policy(tx, user_pk, crate::retention::Policy::of(self)).await
+    }
+
+    /// Metrics of a committed bundle, after its transaction committed.
+    pub(crate) fn record_commit(&self, bundle: &CommittedBundle, pruned: i64) {
+        self.metrics.committed(bundle.row_count);
+        self.metrics_history_deleted(pruned);
     }
 }
 

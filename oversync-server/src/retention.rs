@@ -1,45 +1,185 @@
-//! Retained history: each user keeps the newest `retained_bundles_per_user` bundles;
-//! requests at or below the floor answer `409 history_pruned`.
+//! Retained history: bundles are pruned by count and age rules ([`RetentionConfig`]),
+//! at commit for the committing user and by a background sweep for everyone; requests at
+//! or below the floor answer `409 history_pruned`.
 
 use crate::error::SyncError;
 use deadpool_postgres::GenericClient;
 use oversync_protocol::codes;
 
-/// Advances the user's floor after a commit and deletes bundles at or below it.
+/// Age rule and background sweep of the retained history; the count rule is
+/// [`crate::Limits::retained_bundles_per_user`].
+///
+/// A bundle is pruned only when every configured rule lets it go: older than `max_age`
+/// (when set) and outside the newest `retained_bundles_per_user` (when not 0). With neither
+/// rule nothing is pruned. Whatever the rules say, the floor never passes what an open
+/// snapshot session will pull from next, never moves while an initialization lease is
+/// active, and always keeps the newest bundle (so an up-to-date device is never pruned).
+#[derive(Clone, Debug, Default)]
+pub struct RetentionConfig {
+    /// Bundles committed more recently than this are kept (`None`: age keeps nothing).
+    pub max_age: Option<std::time::Duration>,
+    /// How often the background sweep runs on every user (`None`: no sweep; commits
+    /// still apply the rules to their own user).
+    pub sweep_interval: Option<std::time::Duration>,
+}
+
+/// The rules of one service, as applied to one user.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Policy {
+    pub(crate) keep_last: i64,
+    pub(crate) max_age_seconds: Option<f64>,
+    pub(crate) batch: i64,
+}
+
+impl Policy {
+    pub(crate) fn of(service: &crate::SyncService) -> Policy {
+        Policy {
+            keep_last: service.config.limits.retained_bundles_per_user,
+            max_age_seconds: service.config.retention.max_age.map(|a| a.as_secs_f64()),
+            batch: service.config.limits.retention_prune_batch,
+        }
+    }
+
+    fn prunes_anything(&self) -> bool {
+        self.keep_last > 0 || self.max_age_seconds.is_some()
+    }
+}
+
+/// Advances the user's floor by at most one batch and deletes the bundles at or below it
+/// (their rows go with them). The caller holds the user's lock. Returns the bundles
+/// deleted.
 pub(crate) async fn apply_policy(
     tx: &impl GenericClient,
     user_pk: i64,
-    window: i64,
-    batch: i64,
-) -> Result<(), SyncError> {
-    if window <= 0 {
-        return Ok(());
+    policy: Policy,
+) -> Result<i64, SyncError> {
+    if !policy.prunes_anything() {
+        return Ok(0);
     }
     let row = tx
         .query_one(
-            "SELECT next_bundle_seq - 1, retained_bundle_floor FROM sync.user_state WHERE user_pk = $1",
-            &[&user_pk],
+            "SELECT next_bundle_seq - 1, retained_bundle_floor,
+                    (scope_state = 1 AND lease_expires_at > now()),
+                    (SELECT MIN(snapshot_bundle_seq) FROM sync.snapshot_sessions
+                      WHERE user_pk = $1 AND expires_at > now()),
+                    CASE WHEN $2::float8 IS NULL THEN NULL ELSE
+                      (SELECT MAX(bundle_seq) FROM sync.bundle_log
+                        WHERE user_pk = $1
+                          AND committed_at < now() - make_interval(secs => $2::float8)) END
+               FROM sync.user_state WHERE user_pk = $1",
+            &[&user_pk, &policy.max_age_seconds],
         )
         .await?;
     let (latest, floor): (i64, i64) = (row.get(0), row.get(1));
-    let mut target = (latest - window).max(0);
-    if target <= floor {
-        return Ok(());
+    let leased: Option<bool> = row.get(2);
+    let snapshot_seq: Option<i64> = row.get(3);
+    let old_enough: Option<i64> = row.get(4);
+    if leased == Some(true) {
+        return Ok(0);
     }
-    if batch > 0 {
-        target = target.min(floor + batch);
+    // Both rules must allow a bundle to go: the smaller target wins.
+    let by_count = (policy.keep_last > 0).then(|| latest - policy.keep_last);
+    let by_age = policy.max_age_seconds.map(|_| old_enough.unwrap_or(0));
+    let mut target = match (by_count, by_age) {
+        (Some(c), Some(a)) => c.min(a),
+        (Some(t), None) | (None, Some(t)) => t,
+        (None, None) => return Ok(0),
+    };
+    // A snapshot at S is followed by a pull after S, which needs floor < S.
+    if let Some(s) = snapshot_seq {
+        target = target.min(s - 1);
+    }
+    target = target.min(latest - 1);
+    if policy.batch > 0 {
+        target = target.min(floor + policy.batch);
+    }
+    if target <= floor {
+        return Ok(0);
     }
     tx.execute(
         "UPDATE sync.user_state SET retained_bundle_floor = $2 WHERE user_pk = $1",
         &[&user_pk, &target],
     )
     .await?;
-    tx.execute(
-        "DELETE FROM sync.bundle_log WHERE user_pk = $1 AND bundle_seq <= $2",
-        &[&user_pk, &target],
-    )
-    .await?;
-    Ok(())
+    let deleted = tx
+        .execute(
+            "DELETE FROM sync.bundle_log WHERE user_pk = $1 AND bundle_seq <= $2",
+            &[&user_pk, &target],
+        )
+        .await?;
+    Ok(deleted as i64)
+}
+
+/// Users visited per page of a sweep.
+const SWEEP_PAGE: i64 = 100;
+
+impl crate::SyncService {
+    /// Applies the retention rules to every user, one batch per transaction, until no
+    /// floor moves. Safe to run on several instances at once (each user is locked as a
+    /// commit locks it). Returns the bundles deleted.
+    pub async fn sweep_retention(&self) -> Result<i64, SyncError> {
+        let policy = Policy::of(self);
+        if !policy.prunes_anything() {
+            return Ok(0);
+        }
+        // Without the age rule only users holding more than `keep_last` bundles can
+        // prune; with it, any user holding more than the newest bundle.
+        let candidates_above = if policy.max_age_seconds.is_none() {
+            policy.keep_last
+        } else {
+            1
+        };
+        let mut deleted = 0;
+        let mut after = 0_i64;
+        loop {
+            let users = {
+                let client = self.client().await?;
+                client
+                    .query(
+                        "SELECT user_pk, user_id FROM sync.user_state
+                          WHERE user_pk > $1 AND next_bundle_seq - 1 - retained_bundle_floor > $3
+                          ORDER BY user_pk LIMIT $2",
+                        &[&after, &SWEEP_PAGE, &candidates_above],
+                    )
+                    .await?
+            };
+            let Some(last) = users.last() else {
+                return Ok(deleted);
+            };
+            after = last.get(0);
+            for user in &users {
+                let (user_pk, user_id): (i64, String) = (user.get(0), user.get(1));
+                loop {
+                    let mut client = self.client().await?;
+                    let tx = client.transaction().await?;
+                    crate::scope::lock_user(&tx, &user_id).await?;
+                    let n = apply_policy(&tx, user_pk, policy).await?;
+                    tx.commit().await?;
+                    if n == 0 {
+                        break;
+                    }
+                    deleted += n;
+                    self.metrics_history_deleted(n);
+                }
+            }
+        }
+    }
+}
+
+/// Runs [`crate::SyncService::sweep_retention`] every `interval` while the service lives.
+pub(crate) async fn run_sweeper(
+    service: std::sync::Weak<crate::SyncService>,
+    interval: std::time::Duration,
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(svc) = service.upgrade() else { return };
+        match svc.sweep_retention().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted_bundles = n, "retention sweep"),
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed; retrying next interval"),
+        }
+    }
 }
 
 /// `history_pruned` if `seq` is at or below a positive `floor`, as the reference server has

@@ -11,7 +11,6 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 
 /// Shared state of the sync runtime. Create it with [`SyncService::start`], mount
 /// [`SyncService::router`] behind the host's auth layer (which must insert an
@@ -20,11 +19,15 @@ use tokio_postgres::NoTls;
 pub struct SyncService {
     pub(crate) pool: Pool,
     pub(crate) pg_config: tokio_postgres::Config,
+    pub(crate) tls: crate::tls::Connector,
     pub(crate) config: ServiceConfig,
     registry: RwLock<Arc<Registry>>,
     pub(crate) hub: WatchHub,
     pub(crate) inflight: AtomicI64,
-    listener: std::sync::Mutex<Option<JoinHandle<()>>>,
+    pub(crate) drain: crate::drain::Drain,
+    pub(crate) metrics: crate::metrics::Metrics,
+    /// Background tasks (watch listener, retention sweep), aborted on shutdown.
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for SyncService {
@@ -36,12 +39,24 @@ impl std::fmt::Debug for SyncService {
 }
 
 /// Builds a connection pool for `pg_config`; sessions use UTC so timestamps in payloads
-/// are rendered as `+00:00`, as the reference does.
-pub fn connect_pool(mut pg_config: tokio_postgres::Config, max_size: usize) -> Pool {
-    pg_config.options("-c TimeZone=UTC");
+/// are rendered as `+00:00`, as the reference does. Options already in `pg_config` (such
+/// as `-c statement_timeout=...`) are kept.
+pub fn connect_pool(pg_config: tokio_postgres::Config, max_size: usize) -> Pool {
+    let connector = crate::tls::Connector::for_config(&pg_config);
+    connect_pool_with(pg_config, max_size, connector)
+}
+
+/// [`connect_pool`] with an explicit TLS connector (from [`crate::tls::Database::parse`]).
+pub fn connect_pool_with(
+    mut pg_config: tokio_postgres::Config,
+    max_size: usize,
+    connector: crate::tls::Connector,
+) -> Pool {
+    let options = pg_config.get_options().unwrap_or_default().to_owned();
+    pg_config.options(format!("{options} -c TimeZone=UTC").trim_start());
     let manager = Manager::from_config(
         pg_config,
-        NoTls,
+        connector,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -60,7 +75,21 @@ impl SyncService {
         pg_config: tokio_postgres::Config,
         config: ServiceConfig,
     ) -> Result<Arc<SyncService>, BootstrapError> {
-        let pool = connect_pool(pg_config.clone(), config.pool_size.max(2));
+        let connector = crate::tls::Connector::for_config(&pg_config);
+        Self::start_with_tls(pg_config, connector, config).await
+    }
+
+    /// [`SyncService::start`] over TLS as [`crate::tls::Database::parse`] set it up.
+    pub async fn start_with_tls(
+        pg_config: tokio_postgres::Config,
+        connector: crate::tls::Connector,
+        config: ServiceConfig,
+    ) -> Result<Arc<SyncService>, BootstrapError> {
+        let pool = connect_pool_with(
+            pg_config.clone(),
+            config.pool_size.max(2),
+            connector.clone(),
+        );
         let registry = {
             let mut client = pool
                 .get()
@@ -71,16 +100,26 @@ impl SyncService {
         let service = Arc::new(SyncService {
             pool,
             pg_config,
+            tls: connector,
             config,
             registry: RwLock::new(Arc::new(registry)),
             hub: WatchHub::default(),
             inflight: AtomicI64::new(0),
-            listener: std::sync::Mutex::new(None),
+            drain: Default::default(),
+            metrics: Default::default(),
+            tasks: std::sync::Mutex::new(Vec::new()),
         });
-        if service.config.watch.enabled {
-            let handle = tokio::spawn(crate::watch::run_listener(Arc::downgrade(&service)));
-            if let Ok(mut slot) = service.listener.lock() {
-                *slot = Some(handle);
+        if let Ok(mut tasks) = service.tasks.lock() {
+            if service.config.watch.enabled {
+                tasks.push(tokio::spawn(crate::watch::run_listener(Arc::downgrade(
+                    &service,
+                ))));
+            }
+            if let Some(interval) = service.config.retention.sweep_interval {
+                tasks.push(tokio::spawn(crate::retention::run_sweeper(
+                    Arc::downgrade(&service),
+                    interval,
+                )));
             }
         }
         Ok(service)
@@ -128,12 +167,12 @@ impl SyncService {
         Ok(changed)
     }
 
-    /// Stops the watch listener task.
+    /// Stops the background tasks (watch listener, retention sweep).
     pub fn shutdown(&self) {
-        if let Ok(mut slot) = self.listener.lock()
-            && let Some(handle) = slot.take()
-        {
-            handle.abort();
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for handle in tasks.drain(..) {
+                handle.abort();
+            }
         }
     }
 
@@ -201,14 +240,31 @@ impl SyncService {
                 get(crate::snapshots::chunk).delete(crate::snapshots::delete),
             )
             .layer(DefaultBodyLimit::max(self.config.limits.max_body_bytes))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                crate::metrics::observe,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                crate::drain::guard,
+            ))
             .with_state(self.clone())
     }
 
-    /// Only `/syncx/health` and `/syncx/status`.
+    /// Only the unauthenticated `/syncx/health`, `/syncx/status` and `/metrics`.
     pub fn public_routes(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/syncx/health", get(crate::status::health))
             .route("/syncx/status", get(crate::status::status))
+            .route("/metrics", get(crate::metrics::metrics))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                crate::metrics::observe,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                crate::drain::guard,
+            ))
             .with_state(self.clone())
     }
 }

@@ -230,8 +230,8 @@ impl SyncService {
 fn materialize_sql(info: &TableInfo) -> String {
     format!(
         "WITH copied AS (
-           INSERT INTO sync.snapshot_rows (snapshot_id, row_ordinal, table_id, key_text, row_version, payload)
-           SELECT $1::text::uuid, $2 + row_number() OVER (ORDER BY s.k COLLATE \"C\"), {id},
+           INSERT INTO sync.snapshot_rows (user_pk, snapshot_id, row_ordinal, table_id, key_text, row_version, payload)
+           SELECT $4, $1::text::uuid, $2 + row_number() OVER (ORDER BY s.k COLLATE \"C\"), {id},
                   s.k,
                   COALESCE((SELECT rs.bundle_seq FROM sync.row_state rs
                             WHERE rs.user_pk = $4 AND rs.table_id = {id} AND rs.key_text = s.k), 0),
@@ -463,11 +463,11 @@ pub(crate) async fn chunk(
     let q = QueryParams::parse(query.as_deref());
     let after = q.int("after_row_ordinal", code)?.unwrap_or(0);
     let max_rows = q.int("max_rows", code)?;
-    Ok(Json(
-        service
-            .snapshot_chunk(&actor, &snapshot_id, after, max_rows)
-            .await?,
-    ))
+    let resp = service
+        .snapshot_chunk(&actor, &snapshot_id, after, max_rows)
+        .await?;
+    service.metrics.snapshot_rows(resp.rows.len());
+    Ok(Json(resp))
 }
 
 pub(crate) async fn delete(

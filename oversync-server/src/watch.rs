@@ -70,6 +70,14 @@ impl WatchHub {
         }
     }
 
+    /// Open watch streams of the process.
+    pub(crate) fn total_subscribers(&self) -> usize {
+        match self.users.lock() {
+            Ok(u) => u.values().map(|tx| tx.receiver_count()).sum(),
+            Err(_) => 0,
+        }
+    }
+
     /// Number of open watch streams of one user.
     pub(crate) fn subscriber_count(&self, user_pk: i64) -> usize {
         match self.users.lock() {
@@ -107,9 +115,10 @@ pub(crate) async fn run_listener(service: Weak<SyncService>) {
     loop {
         let Some(svc) = service.upgrade() else { return };
         let pg_config = svc.pg_config.clone();
+        let tls = svc.tls.clone();
         let channel = svc.config.watch.channel.clone();
         drop(svc);
-        match listen_once(&service, pg_config, &channel).await {
+        match listen_once(&service, pg_config, tls, &channel).await {
             Ok(()) => return,
             Err(err) => {
                 tracing::warn!(error = %err, "bundle change listener failed; reconnecting");
@@ -123,9 +132,10 @@ pub(crate) async fn run_listener(service: Weak<SyncService>) {
 async fn listen_once(
     service: &Weak<SyncService>,
     pg_config: tokio_postgres::Config,
+    tls: crate::tls::Connector,
     channel: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = pg_config.connect(tokio_postgres::NoTls).await?;
+    let (client, mut connection) = pg_config.connect(tls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -235,20 +245,28 @@ pub(crate) async fn watch(
         );
     }
     rx.mark_changed();
-    let events = stream::unfold((rx, after), |(mut rx, mut last)| async move {
-        loop {
-            rx.changed().await.ok()?;
-            let event = rx.borrow_and_update().clone();
-            if let Some(event) = event
-                && event.bundle_seq > last
-            {
-                last = event.bundle_seq;
-                let data = serde_json::to_string(&event).unwrap_or_default();
-                let sse = Event::default().event("bundle").data(data);
-                return Some((Ok::<_, Infallible>(sse), (rx, last)));
+    // Draining ends the stream, so the client reconnects to an instance that stays.
+    let drained = Box::pin(service.drain.begun());
+    let events = stream::unfold(
+        (rx, after, drained),
+        |(mut rx, mut last, mut drained)| async move {
+            loop {
+                tokio::select! {
+                    changed = rx.changed() => changed.ok()?,
+                    () = &mut drained => return None,
+                }
+                let event = rx.borrow_and_update().clone();
+                if let Some(event) = event
+                    && event.bundle_seq > last
+                {
+                    last = event.bundle_seq;
+                    let data = serde_json::to_string(&event).unwrap_or_default();
+                    let sse = Event::default().event("bundle").data(data);
+                    return Some((Ok::<_, Infallible>(sse), (rx, last, drained)));
+                }
             }
-        }
-    });
+        },
+    );
     Ok(sse_response(events, service.config.watch.heartbeat))
 }
 

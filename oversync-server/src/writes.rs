@@ -151,9 +151,10 @@ impl ServerWrite {
                 writer_id: writer,
             });
         };
-        service.after_bundle(tx, user_pk, &bundle).await?;
+        let pruned = service.after_bundle(tx, user_pk, &bundle).await?;
         tx.batch_execute("COMMIT").await?;
         self.client = None;
+        service.record_commit(&bundle, pruned);
         Ok(bundle)
     }
 

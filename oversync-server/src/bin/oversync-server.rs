@@ -6,7 +6,6 @@ use oversync_server::file_config::{self, Command, ServerSettings};
 use oversync_server::jwt::{self, JwtVerifier};
 use oversync_server::{ServiceConfig, SyncService, bootstrap, migrate, service};
 use std::process::ExitCode;
-use std::str::FromStr;
 
 /// Exit code of a configuration or usage error (as `sysexits` EX_USAGE-like tools do).
 const EXIT_CONFIG: u8 = 2;
@@ -49,10 +48,19 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Command, settings: ServerSettings) -> Result<(), String> {
-    let pg = tokio_postgres::Config::from_str(&settings.database_url)
-        .map_err(|e| format!("config key database.url: {e}"))?;
+    let database =
+        oversync_server::tls::Database::parse(&settings.database_url, settings.ca_file.as_deref())
+            .map_err(|e| format!("config key database.url: {e}"))?;
+    let mut pg = database.config.clone();
+    if let Some(timeout) = settings.statement_timeout {
+        let options = pg.get_options().unwrap_or_default().to_owned();
+        pg.options(format!(
+            "{options} -c statement_timeout={}",
+            timeout.as_millis()
+        ));
+    }
     // Migrations and table discovery need one connection; the service opens its own pool.
-    let pool = service::connect_pool(pg.clone(), 1);
+    let pool = service::connect_pool_with(pg.clone(), 1, database.connector.clone());
     let mut client = pool
         .get()
         .await
@@ -89,8 +97,9 @@ async fn run(command: Command, settings: ServerSettings) -> Result<(), String> {
     config.limits = settings.limits.clone();
     config.watch = settings.watch.clone();
     config.pool_size = settings.pool_size;
+    config.retention = settings.retention.clone();
     // Bootstrap validates every table and names the rule a table breaks.
-    let sync = SyncService::start(pg, config)
+    let sync = SyncService::start_with_tls(pg, database.connector, config)
         .await
         .map_err(|e| format!("cannot serve schema {}: {e}", settings.schema))?;
     let tables = sync.registry().qualified_names();
@@ -109,10 +118,36 @@ async fn run(command: Command, settings: ServerSettings) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on server.listen {}: {e}", settings.listen))?;
     tracing::info!(addr = %settings.listen, tables = ?tables, "oversync-server listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut serving = tokio::spawn(
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+    tokio::select! {
+        result = &mut serving => {
+            sync.shutdown();
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("server error: {e}")),
+                Err(e) => Err(format!("server task: {e}")),
+            };
+        }
+        () = shutdown_signal() => {}
+    }
+    // Drain first (new requests 503, watch streams end), then stop accepting.
+    tracing::info!(deadline = ?settings.drain_timeout, "shutdown requested; draining");
+    match sync.drain(settings.drain_timeout).await {
+        oversync_server::DrainOutcome::Drained => tracing::info!("drained"),
+        oversync_server::DrainOutcome::DeadlineExceeded { in_flight } => {
+            tracing::warn!(in_flight, "drain deadline passed; stopping anyway")
+        }
+    }
+    let _ = stop.send(());
+    // Idle keep-alive connections close at once; anything still open is cut after a moment.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), serving).await;
     sync.shutdown();
     Ok(())
 }
