@@ -269,7 +269,7 @@ impl Oversync<'_> {
             set_remote_replace(self.conn, None)?;
         }
         let pending = state::pending_row_count(self.conn)?;
-        let transport = self.transport()?;
+        let transport = self.transport()?.expecting_user(user_id);
         let answer = transport
             .connect(
                 &source,

@@ -201,6 +201,7 @@ impl SyncService {
                 get(crate::snapshots::chunk).delete(crate::snapshots::delete),
             )
             .layer(DefaultBodyLimit::max(self.config.limits.max_body_bytes))
+            .layer(axum::middleware::from_fn(crate::auth::name_token_user))
             .with_state(self.clone())
     }
 
