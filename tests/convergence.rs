@@ -434,17 +434,14 @@ fn same_teams_after_a_lost_push_session_answer() {
     assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
 }
 
-/// Found by the random property at 1,000 cases (seed line `f4e5f985...`, kept out of the
-/// regressions file while it fails): device 0 pushes team T and member M (bundle 1), then
+/// Found by the random property at 1,000 cases: device 0 pushes team T and member M (bundle 1), then
 /// deletes T (bundle 2: M and T deleted); device 1 created T offline. Device 1's push
 /// conflicts on T and `ServerWins` applies the server's delete at version 2, so T's row state
 /// is ahead of the checkpoint (0). The pull then drops bundle 1's insert of T as superseded
 /// but applies its insert of M, and bundle 1's commit fails its deferred foreign-key check
-/// (M without T), every time: `Database(ForeignKeyViolation)`. Open: the apply must also drop
-/// a child upsert whose parent is locally newer (deleted), or resolution must not run ahead
-/// of the checkpoint.
+/// (M without T), every time: `Database(ForeignKeyViolation)`. The pull now drops such an
+/// orphan too; bundle 2 deletes it on the server's side anyway.
 #[test]
-#[ignore = "open engine bug, see the comment: a conflict resolution ahead of the checkpoint breaks the next pull's FK check"]
 fn a_team_deleted_after_a_push_whose_pull_failed() {
     let steps = vec![
         Step::InsertTeam { dev: 0, slot: 2 },

@@ -2,7 +2,7 @@
 //! ceiling the first response fixes; the checkpoint moves in the same transaction as each
 //! bundle's rows.
 
-use crate::apply::{apply_effects, drop_superseded, in_apply_transaction};
+use crate::apply::{apply_effects, drop_orphans, drop_superseded, in_apply_transaction};
 use crate::codec::invalid;
 use crate::error::{Error, Result};
 use crate::events::{Phase, SyncEvent};
@@ -157,8 +157,18 @@ impl Oversync<'_> {
                     if state::attachment_state(conn)?.last_bundle_seq_seen >= seq {
                         return Ok(Ok(Default::default()));
                     }
+                    let all = effects.len();
                     let effects = drop_superseded(conn, effects)?;
+                    let dropped = effects.len() < all;
+                    let upserted: std::collections::HashSet<String> = effects
+                        .iter()
+                        .filter(|e| e.values.is_some())
+                        .map(|e| e.spec.table_name.to_string())
+                        .collect();
                     let changed = apply_effects(conn, effects, &Default::default())?;
+                    if dropped {
+                        drop_orphans(conn, &upserted)?;
+                    }
                     diesel::sql_query("UPDATE _sync_attachment_state SET last_bundle_seq_seen = ? WHERE singleton_key = 1")
                         .bind::<BigInt, _>(seq)
                         .execute(conn)?;
