@@ -460,3 +460,29 @@ fn a_team_deleted_after_a_push_whose_pull_failed() {
     let outcome = env().rt.block_on(run(2, steps));
     assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
 }
+
+/// Found by the random property at 1,000 cases: like the case above, but the orphaned member
+/// comes in a later bundle than the dropped insert of its team.
+#[test]
+fn a_member_in_a_later_bundle_than_its_superseded_team() {
+    let steps = vec![
+        Step::InsertTeam { dev: 0, slot: 2 },
+        Step::Sync {
+            dev: 0,
+            fault: None,
+        },
+        Step::InsertMember {
+            dev: 0,
+            slot: 0,
+            team: 2,
+        },
+        Step::Sync {
+            dev: 0,
+            fault: None,
+        },
+        Step::InsertTeam { dev: 1, slot: 2 },
+        Step::DeleteTeam { dev: 0, slot: 2 },
+    ];
+    let outcome = env().rt.block_on(run(2, steps));
+    assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+}

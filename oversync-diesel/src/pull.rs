@@ -67,6 +67,10 @@ impl Oversync<'_> {
         let (mut bundles_applied, mut rows_applied) = (0u64, 0u64);
         let mut target: Option<i64> = None;
         let config = self.config;
+        // Rows whose local state is newer than a bundle (our own replayed bundle, a conflict
+        // resolution): bundles below this may lose a parent to `drop_superseded` and leave its
+        // child orphaned, in that bundle or a later one, so those bundles are checked.
+        let ahead = state::newest_row_version(self.conn)?;
         loop {
             let attachment = state::attachment_state(self.conn)?;
             let mut last = attachment.last_bundle_seq_seen;
@@ -166,7 +170,7 @@ impl Oversync<'_> {
                         .map(|e| e.spec.table_name.to_string())
                         .collect();
                     let changed = apply_effects(conn, effects, &Default::default())?;
-                    if dropped {
+                    if dropped || seq < ahead {
                         drop_orphans(conn, &upserted)?;
                     }
                     diesel::sql_query("UPDATE _sync_attachment_state SET last_bundle_seq_seen = ? WHERE singleton_key = 1")
