@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use diesel::prelude::*;
-use oversync_diesel::{AttachOutcome, Binding, Error, PushOutcome};
+use oversync_diesel::{AttachOptions, AttachOutcome, Binding, Error, PushOutcome};
 use oversync_e2e::schema::users;
 use oversync_e2e::*;
 use std::time::Duration;
@@ -188,4 +188,84 @@ async fn a_failed_hydration_does_not_bind_so_another_user_can_attach() {
         account,
         "the first account is untouched"
     );
+}
+
+/// The explicit opt-in: the replaced anonymous changes come back to the app (exactly what
+/// the swap dropped), still neither uploaded nor kept; the app writes again what it wants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn surfaced_anonymous_rows_come_back_to_the_app_and_only_explicit_writes_upload() {
+    let server = Server::start().await;
+    let proxy = Proxy::start(server.base_url()).await;
+    let user = fresh_user("remote-surface");
+    let account = account_with_data(&server, &user).await;
+    let mut d = anonymous_device_with_a_row(&server, &proxy, &user);
+    let second = new_id();
+    insert_user(&mut d, &second, "second");
+    let anonymous = all_users(&mut d);
+
+    let report = d
+        .conn
+        .oversync()
+        .attach_with(&user, AttachOptions::surface_replaced_rows())
+        .await
+        .expect("attach");
+    assert_eq!(
+        report.outcome,
+        AttachOutcome::UsedRemoteState {
+            rows: 1,
+            discarded_local_rows: 2
+        }
+    );
+    let surfaced: Vec<(String, String, String)> = report
+        .replaced_local_rows
+        .iter()
+        .map(|r| {
+            assert_eq!(r.table, "users");
+            assert_eq!(r.op, oversync_diesel::protocol::Op::Insert);
+            let row = r.row.as_ref().expect("an insert carries its row");
+            assert_eq!(r.key["id"], row["id"]);
+            let text = |c: &str| row[c].as_str().expect("text column").to_string();
+            (text("id"), text("name"), text("email"))
+        })
+        .collect();
+    let mut sorted = surfaced.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted, anonymous,
+        "every replaced row, with its local values"
+    );
+    assert_eq!(all_users(&mut d), account, "the device holds the account");
+    assert_eq!(pending(&mut d), 0, "nothing queued behind the app's back");
+
+    // The app chooses to keep one of them: an ordinary write, uploaded by the next sync.
+    insert_user(&mut d, &second, "second");
+    d.conn.oversync().sync().await.expect("sync");
+    let mut expected = account.clone();
+    expected.extend(anonymous.into_iter().filter(|r| r.0 == second));
+    expected.sort();
+    assert_eq!(fresh_users(&server, &user).await, expected);
+}
+
+/// Without the option nothing is returned (the default attach only counts them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_option_replaced_rows_are_only_counted() {
+    let server = Server::start().await;
+    let proxy = Proxy::start(server.base_url()).await;
+    let user = fresh_user("remote-count");
+    account_with_data(&server, &user).await;
+    let mut d = anonymous_device_with_a_row(&server, &proxy, &user);
+    let report = d
+        .conn
+        .oversync()
+        .attach_with(&user, AttachOptions::default())
+        .await
+        .expect("attach");
+    assert_eq!(
+        report.outcome,
+        AttachOutcome::UsedRemoteState {
+            rows: 1,
+            discarded_local_rows: 1
+        }
+    );
+    assert!(report.replaced_local_rows.is_empty());
 }

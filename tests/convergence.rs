@@ -178,7 +178,12 @@ fn local(d: &mut Device, step: &Step, team_ids: &[String], member_ids: &[String]
     });
 }
 
+/// The proxy is shared by every test of this file: one case at a time, so a test's faults
+/// (and its `proxy.clear()`) never land in another test's syncs.
+static ONE_CASE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn run(devices: usize, steps: Vec<Step>) -> Result<(), String> {
+    let _one = ONE_CASE_AT_A_TIME.lock().await;
     let Env { server, proxy, .. } = env();
     proxy.clear();
     let name = fresh_user("prop");
@@ -404,6 +409,79 @@ fn a_member_added_to_a_team_another_device_deletes() {
             slot: 0,
             team: 0,
         },
+    ];
+    let outcome = env().rt.block_on(run(2, steps));
+    assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+}
+
+/// Found by the random property at 1,000 cases: both devices insert the same team, one's
+/// push freezes it and fails (corrupt answer to the session create), both insert a second
+/// team. The resumed one-row outbox conflicts, and the next bundle (both teams) conflicts
+/// on the second: the retry budget must follow the larger bundle, not the first one.
+#[test]
+fn same_teams_after_a_lost_push_session_answer() {
+    let steps = vec![
+        Step::InsertTeam { dev: 0, slot: 1 },
+        Step::InsertTeam { dev: 1, slot: 1 },
+        Step::Sync {
+            dev: 1,
+            fault: Some((0, 4, false)),
+        },
+        Step::InsertTeam { dev: 0, slot: 0 },
+        Step::InsertTeam { dev: 1, slot: 0 },
+    ];
+    let outcome = env().rt.block_on(run(2, steps));
+    assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+}
+
+/// Found by the random property at 1,000 cases: device 0 pushes team T and member M (bundle 1), then
+/// deletes T (bundle 2: M and T deleted); device 1 created T offline. Device 1's push
+/// conflicts on T and `ServerWins` applies the server's delete at version 2, so T's row state
+/// is ahead of the checkpoint (0). The pull then drops bundle 1's insert of T as superseded
+/// but applies its insert of M, and bundle 1's commit fails its deferred foreign-key check
+/// (M without T), every time: `Database(ForeignKeyViolation)`. The pull now drops such an
+/// orphan too; bundle 2 deletes it on the server's side anyway.
+#[test]
+fn a_team_deleted_after_a_push_whose_pull_failed() {
+    let steps = vec![
+        Step::InsertTeam { dev: 0, slot: 2 },
+        Step::InsertTeam { dev: 1, slot: 2 },
+        Step::InsertMember {
+            dev: 0,
+            slot: 3,
+            team: 2,
+        },
+        Step::Sync {
+            dev: 0,
+            fault: Some((4, 2, true)),
+        },
+        Step::DeleteTeam { dev: 0, slot: 2 },
+    ];
+    let outcome = env().rt.block_on(run(2, steps));
+    assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+}
+
+/// Found by the random property at 1,000 cases: like the case above, but the orphaned member
+/// comes in a later bundle than the dropped insert of its team.
+#[test]
+fn a_member_in_a_later_bundle_than_its_superseded_team() {
+    let steps = vec![
+        Step::InsertTeam { dev: 0, slot: 2 },
+        Step::Sync {
+            dev: 0,
+            fault: None,
+        },
+        Step::InsertMember {
+            dev: 0,
+            slot: 0,
+            team: 2,
+        },
+        Step::Sync {
+            dev: 0,
+            fault: None,
+        },
+        Step::InsertTeam { dev: 1, slot: 2 },
+        Step::DeleteTeam { dev: 0, slot: 2 },
     ];
     let outcome = env().rt.block_on(run(2, steps));
     assert!(outcome.is_ok(), "{}", outcome.unwrap_err());

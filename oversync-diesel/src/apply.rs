@@ -76,6 +76,46 @@ pub(crate) fn drop_superseded(
         .collect())
 }
 
+/// Deletes the rows of `tables` left without their parent after a pulled bundle was applied
+/// with some of its effects dropped by [`drop_superseded`].
+///
+/// Only a dropped effect can leave an orphan (every earlier commit passed its foreign-key
+/// check, and the server's bundle was consistent): the bundle upserted a child of a parent
+/// whose local state is already newer and deleted (a conflict resolution that applied the
+/// server's delete before the pull reached it). The server's own constraints then delete or
+/// move that child by the parent's newer version, which a later bundle of the same pull
+/// delivers; until then the child is dropped too, instead of failing the bundle's deferred
+/// foreign-key check every time. Runs in the apply transaction, so nothing is captured.
+pub(crate) fn drop_orphans(conn: &mut SqliteConnection, tables: &HashSet<String>) -> Result<()> {
+    #[derive(QueryableByName)]
+    struct Orphan {
+        #[diesel(sql_type = Text)]
+        table: String,
+        #[diesel(sql_type = Nullable<BigInt>)]
+        rowid: Option<i64>,
+    }
+    // A deleted orphan may orphan its own non-cascading children: a few passes at most.
+    for _ in 0..8 {
+        let orphans: Vec<Orphan> = diesel::sql_query("PRAGMA foreign_key_check").load(conn)?;
+        let mut deleted = 0;
+        for orphan in orphans {
+            let (true, Some(rowid)) = (tables.contains(&orphan.table), orphan.rowid) else {
+                continue;
+            };
+            deleted += diesel::sql_query(format!(
+                "DELETE FROM {} WHERE rowid = ?",
+                ident(&orphan.table)
+            ))
+            .bind::<BigInt, _>(rowid)
+            .execute(conn)?;
+        }
+        if deleted == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Upper bound of bound parameters per statement (SQLite's default limit is 32766).
 const MAX_PARAMS: usize = 30_000;
 const MAX_ROWS_PER_STATEMENT: usize = 500;

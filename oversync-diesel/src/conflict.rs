@@ -18,6 +18,17 @@
 //! [`Resolution::AcceptServer`]. `KeepLocal` stays valid for a local insert over a deleted
 //! key (the device created the row anew) and for local deletes.
 //!
+//! `Merged` over a server delete is a deliberate difference from the reference clients
+//! (go-oversync's `oversqlite` and sqlitenow-kmp refuse `KeepMerged` for a stale update of a
+//! deleted row, as they and we refuse `KeepLocal`). `KeepLocal` is what a generic
+//! "client wins" resolver returns for every conflict, so accepting it would bring back rows
+//! other devices deleted without anyone deciding so; a `Merged` row is built by the app for
+//! this one conflict, with every column, after it saw `server_row` is `None`. Refusing it
+//! would leave an app that wants to restore a row (an "undo delete" flow) only the detour of
+//! accepting the delete and inserting the row again. So it is accepted and pushed as an
+//! insert over the deletion; the refusal of `KeepLocal` matches the contract case
+//! `deleted-authoritative-invalid-resolver-restores-dirty-rows`.
+//!
 //! A custom resolver can work with the app's own model type through serde:
 //!
 //! ```

@@ -37,8 +37,21 @@ impl Oversync<'_> {
         }
     }
 
-    pub(crate) fn transport(&self) -> Result<Transport> {
-        self.rt.transport.clone().ok_or(Error::NoTransport)
+    /// The transport, expecting the token to be the attached user's (or, while a remote
+    /// replace is pending, its target user's): see [`Transport::expecting_user`].
+    pub(crate) fn transport(&mut self) -> Result<Transport> {
+        let transport = self.rt.transport.clone().ok_or(Error::NoTransport)?;
+        let attachment = crate::state::attachment_state(self.conn)?;
+        let user = if attachment.binding_state == "attached" {
+            attachment.attached_user_id
+        } else {
+            crate::state::operation_state(self.conn)?.target_user_id
+        };
+        Ok(if user.trim().is_empty() {
+            transport
+        } else {
+            transport.expecting_user(&user)
+        })
     }
 
     /// Page size for a paged download, from the server's (default, max) limits.

@@ -103,7 +103,10 @@ pub use connection::OversyncConnection;
 pub use error::{ConfigError, Error, Result, SchemaError};
 pub use events::{Phase, SyncEvent};
 pub use handle::Oversync;
-pub use lifecycle::{AttachOutcome, OpenReport, SyncReport, SyncThenDetachReport};
+pub use lifecycle::{
+    AttachOptions, AttachOutcome, AttachReport, OpenReport, ReplacedLocalRow, SyncReport,
+    SyncThenDetachReport,
+};
 pub use oversync_derive::SyncTable;
 /// The wire types of the protocol (request and response bodies, error codes).
 pub use oversync_protocol as protocol;

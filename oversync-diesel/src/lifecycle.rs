@@ -209,6 +209,89 @@ pub enum AttachOutcome {
     },
 }
 
+/// Options of [`Oversync::attach_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AttachOptions {
+    /// When the account already has data (`remote_authoritative`), return the device's
+    /// anonymous changes that the account's state replaces
+    /// ([`AttachReport::replaced_local_rows`]) instead of only counting them. They are
+    /// still neither uploaded nor kept locally: the app decides what to write again.
+    pub surface_replaced_rows: bool,
+}
+
+impl AttachOptions {
+    /// Options that return the replaced anonymous rows.
+    pub fn surface_replaced_rows() -> AttachOptions {
+        AttachOptions {
+            surface_replaced_rows: true,
+        }
+    }
+}
+
+/// What [`Oversync::attach_with`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttachReport {
+    /// How the attach ended.
+    pub outcome: AttachOutcome,
+    /// With [`AttachOptions::surface_replaced_rows`] and
+    /// [`AttachOutcome::UsedRemoteState`]: each anonymous change the account's state
+    /// replaced, in the order it was first made; empty otherwise.
+    pub replaced_local_rows: Vec<ReplacedLocalRow>,
+}
+
+/// An anonymous local change that a remote-authoritative attach replaced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplacedLocalRow {
+    /// Table name.
+    pub table: String,
+    /// The row's key as JSON (`{"id": "..."}`).
+    pub key: serde_json::Value,
+    /// What the device did: `Insert`, `Update` or `Delete`.
+    pub op: oversync_protocol::Op,
+    /// The row as it was locally (column name to value, in the local storage form), `None`
+    /// for a delete.
+    pub row: Option<serde_json::Value>,
+}
+
+/// The pending local changes, read inside the remote-replace swap that drops them.
+pub(crate) fn replaced_local_rows(conn: &mut SqliteConnection) -> Result<Vec<ReplacedLocalRow>> {
+    #[derive(QueryableByName)]
+    struct Dirty {
+        #[diesel(sql_type = Text)]
+        table_name: String,
+        #[diesel(sql_type = Text)]
+        key_json: String,
+        #[diesel(sql_type = Text)]
+        op: String,
+        #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+        payload: Option<String>,
+    }
+    let rows: Vec<Dirty> = sql_query(
+        "SELECT table_name, key_json, op, payload FROM _sync_dirty_rows ORDER BY dirty_ordinal",
+    )
+    .load(conn)?;
+    rows.into_iter()
+        .map(|d| {
+            let json = |text: &str| {
+                serde_json::from_str(text).map_err(|e| {
+                    Error::InvalidState(format!(
+                        "dirty row of {} {}: {e}",
+                        d.table_name, d.key_json
+                    ))
+                })
+            };
+            Ok(ReplacedLocalRow {
+                key: json(&d.key_json)?,
+                op: oversync_protocol::Op::parse(&d.op)
+                    .ok_or_else(|| Error::InvalidState(format!("dirty row op {:?}", d.op)))?,
+                row: d.payload.as_deref().map(json).transpose()?,
+                table: d.table_name,
+            })
+        })
+        .collect()
+}
+
 /// What [`Oversync::sync_then_detach`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncThenDetachReport {
@@ -233,6 +316,40 @@ impl Oversync<'_> {
     /// the install stays anonymous with its local rows untouched: calling `attach` again
     /// with the same user resumes the hydration, and attaching another user abandons it.
     pub async fn attach(&mut self, user_id: &str) -> Result<AttachOutcome> {
+        Ok(self
+            .attach_with(user_id, AttachOptions::default())
+            .await?
+            .outcome)
+    }
+
+    /// [`attach`](Self::attach) with options. With
+    /// [`AttachOptions::surface_replaced_rows`], an attach to an account that already has
+    /// data returns the anonymous changes it replaced, read in the same transaction that
+    /// drops them, so the app can show them or write some of them again (a normal local
+    /// write, pushed by the next sync). They are not kept anywhere else: write what you want
+    /// to keep before the app exits.
+    pub async fn attach_with(
+        &mut self,
+        user_id: &str,
+        options: AttachOptions,
+    ) -> Result<AttachReport> {
+        let surface = options.surface_replaced_rows;
+        let mut replaced_local_rows = Vec::new();
+        let outcome = self
+            .attach_inner(user_id, surface, &mut replaced_local_rows)
+            .await?;
+        Ok(AttachReport {
+            outcome,
+            replaced_local_rows,
+        })
+    }
+
+    async fn attach_inner(
+        &mut self,
+        user_id: &str,
+        surface: bool,
+        replaced: &mut Vec<ReplacedLocalRow>,
+    ) -> Result<AttachOutcome> {
         self.ensure_open()?;
         if user_id.trim().is_empty() {
             return Err(Error::InvalidState(
@@ -264,13 +381,13 @@ impl Oversync<'_> {
         if operation.kind == "remote_replace" {
             if operation.target_user_id == user_id {
                 // The server already answered remote_authoritative for this user.
-                return self.replace_with_remote(user_id).await;
+                return self.replace_with_remote(user_id, surface, replaced).await;
             }
             // Nothing local was replaced yet: the device is anonymous with its own rows.
             set_remote_replace(self.conn, None)?;
         }
         let pending = state::pending_row_count(self.conn)?;
-        let transport = self.transport()?;
+        let transport = self.transport()?.expecting_user(user_id);
         let answer = transport
             .connect(
                 &source,
@@ -311,17 +428,23 @@ impl Oversync<'_> {
                 // Recorded first: a failure or crash mid-hydration leaves the install
                 // anonymous with this pending replace, which the next attach resumes.
                 set_remote_replace(self.conn, Some(user_id))?;
-                self.replace_with_remote(user_id).await
+                self.replace_with_remote(user_id, surface, replaced).await
             }
         }
     }
 
     /// Hydrates the pending remote replace for `user_id`: the snapshot replaces every synced
     /// table, pending local rows are dropped, and the user is bound, in one transaction.
-    async fn replace_with_remote(&mut self, user_id: &str) -> Result<AttachOutcome> {
+    async fn replace_with_remote(
+        &mut self,
+        user_id: &str,
+        surface: bool,
+        replaced: &mut Vec<ReplacedLocalRow>,
+    ) -> Result<AttachOutcome> {
         // Stable until the swap: the guard triggers refuse app writes meanwhile.
         let discarded_local_rows = state::pending_row_count(self.conn)?;
-        let report = self.rebuild_replacing_local(user_id).await?;
+        let (report, rows) = self.rebuild_replacing_local(user_id, surface).await?;
+        *replaced = rows;
         if discarded_local_rows > 0 {
             tracing::info!(
                 discarded_local_rows,

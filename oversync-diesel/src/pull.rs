@@ -2,7 +2,7 @@
 //! ceiling the first response fixes; the checkpoint moves in the same transaction as each
 //! bundle's rows.
 
-use crate::apply::{apply_effects, drop_superseded, in_apply_transaction};
+use crate::apply::{apply_effects, drop_orphans, drop_superseded, in_apply_transaction};
 use crate::codec::invalid;
 use crate::error::{Error, Result};
 use crate::events::{Phase, SyncEvent};
@@ -71,6 +71,10 @@ impl Oversync<'_> {
         let replayed = replayed_source_bundles(self.conn)?;
         let mut target: Option<i64> = None;
         let config = self.config;
+        // Rows whose local state is newer than a bundle (our own replayed bundle, a conflict
+        // resolution): bundles below this may lose a parent to `drop_superseded` and leave its
+        // child orphaned, in that bundle or a later one, so those bundles are checked.
+        let ahead = state::newest_row_version(self.conn)?;
         loop {
             let attachment = state::attachment_state(self.conn)?;
             let mut last = attachment.last_bundle_seq_seen;
@@ -183,8 +187,18 @@ impl Oversync<'_> {
                     if state::attachment_state(conn)?.last_bundle_seq_seen >= seq {
                         return Ok(Ok(Default::default()));
                     }
+                    let all = effects.len();
                     let effects = drop_superseded(conn, effects)?;
+                    let dropped = effects.len() < all;
+                    let upserted: std::collections::HashSet<String> = effects
+                        .iter()
+                        .filter(|e| e.values.is_some())
+                        .map(|e| e.spec.table_name.to_string())
+                        .collect();
                     let changed = apply_effects(conn, effects, &Default::default())?;
+                    if dropped || seq < ahead {
+                        drop_orphans(conn, &upserted)?;
+                    }
                     advance_checkpoint(conn, seq)?;
                     Ok(Ok(changed))
                 })?;

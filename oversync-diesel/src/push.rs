@@ -54,35 +54,36 @@ pub enum PushOutcome {
     },
 }
 
-/// How many conflict retries one push may still make: one per distinct conflicting row of
-/// the bundle, plus [`REPEATED_CONFLICT_RETRIES`] for rows that conflict again after their
-/// resolution. A server that keeps naming rows it already named cannot keep a push spinning.
-#[derive(Debug)]
+/// How many conflict retries one push may still make: one per distinct conflicting row, at
+/// most the rows of all bundles frozen during the push together, plus
+/// [`REPEATED_CONFLICT_RETRIES`] for rows that conflict again after their resolution. A
+/// server that keeps naming rows it already named cannot keep a push spinning (and it can
+/// only name rows of the bundle: `resolve_conflict` refuses any other).
+///
+/// The bound counts every bundle, not the first: a resolution returns the outbox to the
+/// dirty set, and the next freeze also takes rows written after the first freeze (a resumed
+/// one-row outbox, then a bundle of the rows written offline since, each conflicting).
+#[derive(Debug, Default)]
 struct ConflictBudget {
     seen: std::collections::HashSet<(String, String)>,
-    distinct_left: u64,
-    repeats_left: u32,
+    bundle_rows: u64,
+    repeats_used: u32,
 }
 
 impl ConflictBudget {
-    fn new(bundle_rows: u64) -> Self {
-        Self {
-            seen: Default::default(),
-            distinct_left: bundle_rows,
-            repeats_left: REPEATED_CONFLICT_RETRIES,
-        }
-    }
-
-    /// Whether a conflict on this row may be resolved and the push retried.
-    fn admit(&mut self, table: &str, key: String) -> bool {
-        if self.seen.insert((table.to_string(), key)) {
-            if self.distinct_left == 0 {
+    /// Whether a conflict on this row of a frozen bundle of `bundle_rows` rows may be
+    /// resolved and the push retried. Called once per conflict, so once per frozen bundle.
+    fn admit(&mut self, bundle_rows: u64, table: &str, key: String) -> bool {
+        self.bundle_rows = self.bundle_rows.saturating_add(bundle_rows);
+        let row = (table.to_string(), key);
+        if !self.seen.contains(&row) {
+            if self.seen.len() as u64 >= self.bundle_rows {
                 return false;
             }
-            self.distinct_left -= 1;
+            self.seen.insert(row);
             true
-        } else if self.repeats_left > 0 {
-            self.repeats_left -= 1;
+        } else if self.repeats_used < REPEATED_CONFLICT_RETRIES {
+            self.repeats_used += 1;
             true
         } else {
             false
@@ -152,7 +153,7 @@ impl Oversync<'_> {
         self.ensure_attached()?;
         self.ensure_capabilities().await?;
         let mut conflicts_resolved = 0;
-        let mut budget: Option<ConflictBudget> = None;
+        let mut budget = ConflictBudget::default();
         let mut rotated = false;
         // Bundles committed earlier in this call while bisecting a refused push.
         let mut bisected: Option<(i64, u64)> = None;
@@ -191,10 +192,8 @@ impl Oversync<'_> {
                         // The server reports one conflicting row per 409: keep going while
                         // each retry resolves a row not seen before (bounded by the bundle's
                         // size), with a small allowance for rows that conflict again.
-                        let budget = budget.get_or_insert_with(|| {
-                            ConflictBudget::new(outbox.row_count.max(0) as u64)
-                        });
-                        if !budget.admit(&details.table, key_text(&details.key)) {
+                        let bundle_rows = outbox.row_count.max(0) as u64;
+                        if !budget.admit(bundle_rows, &details.table, key_text(&details.key)) {
                             return Err(Error::ConflictRetriesExhausted {
                                 table: details.table.clone(),
                                 key: key_text(&details.key),
@@ -1222,28 +1221,39 @@ mod tests {
 
     #[test]
     fn conflict_budget_allows_every_distinct_row_of_the_bundle() {
-        let mut budget = ConflictBudget::new(5);
+        let mut budget = ConflictBudget::default();
         for i in 0..5 {
-            assert!(budget.admit("teams", format!("k{i}")), "row {i}");
+            // Each resolution drops the row: the next bundle is one row smaller.
+            assert!(budget.admit(5 - i, "teams", format!("k{i}")), "row {i}");
         }
     }
 
     #[test]
     fn conflict_budget_bounds_rows_that_conflict_again() {
-        let mut budget = ConflictBudget::new(5);
-        assert!(budget.admit("teams", "a".into()));
-        assert!(budget.admit("teams", "a".into()));
-        assert!(budget.admit("teams", "a".into()));
-        assert!(!budget.admit("teams", "a".into()), "third repeat refused");
+        let mut budget = ConflictBudget::default();
+        assert!(budget.admit(5, "teams", "a".into()));
+        assert!(budget.admit(5, "teams", "a".into()));
+        assert!(budget.admit(5, "teams", "a".into()));
+        assert!(
+            !budget.admit(5, "teams", "a".into()),
+            "third repeat refused"
+        );
         // Distinct rows still make progress after repeats are spent.
-        assert!(budget.admit("teams", "b".into()));
+        assert!(budget.admit(5, "teams", "b".into()));
     }
 
     #[test]
-    fn conflict_budget_refuses_more_distinct_rows_than_the_bundle_holds() {
-        let mut budget = ConflictBudget::new(2);
-        assert!(budget.admit("teams", "a".into()));
-        assert!(budget.admit("team_members", "a".into()));
-        assert!(!budget.admit("teams", "c".into()));
+    fn conflict_budget_refuses_more_distinct_rows_than_the_bundles_held() {
+        let mut budget = ConflictBudget::default();
+        assert!(budget.admit(1, "teams", "a".into()));
+        assert!(!budget.admit(0, "teams", "b".into()));
+    }
+
+    #[test]
+    fn conflict_budget_counts_rows_frozen_after_a_resolution() {
+        // A resumed one-row outbox conflicts; the next freeze holds a row written since.
+        let mut budget = ConflictBudget::default();
+        assert!(budget.admit(1, "teams", "a".into()));
+        assert!(budget.admit(1, "teams", "b".into()));
     }
 }

@@ -60,7 +60,8 @@ enum SourceMode {
     Rotate { reason: String, replacement: String },
     /// Attach to an account that has data (`remote_authoritative`): local intent is dropped
     /// and the user bound in the swap transaction.
-    ReplaceLocal { user_id: String },
+    /// With `surface`, the dropped local rows are returned (see `Oversync::attach_with`).
+    ReplaceLocal { user_id: String, surface: bool },
 }
 
 impl Oversync<'_> {
@@ -151,11 +152,17 @@ impl Oversync<'_> {
 
     /// Remote-authoritative hydration on attach: the snapshot replaces local rows and
     /// pending intent, and `user_id` is bound, in one transaction.
-    pub(crate) async fn rebuild_replacing_local(&mut self, user_id: &str) -> Result<RebuildReport> {
-        self.rebuild_with(SourceMode::ReplaceLocal {
+    pub(crate) async fn rebuild_replacing_local(
+        &mut self,
+        user_id: &str,
+        surface: bool,
+    ) -> Result<(RebuildReport, Vec<crate::lifecycle::ReplacedLocalRow>)> {
+        let mode = SourceMode::ReplaceLocal {
             user_id: user_id.to_string(),
-        })
-        .await
+            surface,
+        };
+        let (source, session) = self.open_snapshot_session(&mode).await?;
+        self.finish_rebuild_with(&source, &session, &mode).await
     }
 
     async fn rebuild_with(&mut self, mode: SourceMode) -> Result<RebuildReport> {
@@ -199,6 +206,17 @@ impl Oversync<'_> {
         session: &oversync_protocol::SnapshotSession,
         mode: &SourceMode,
     ) -> Result<RebuildReport> {
+        Ok(self.finish_rebuild_with(source, session, mode).await?.0)
+    }
+
+    /// [`Self::finish_rebuild`], also returning the local rows a surfacing remote replace
+    /// dropped.
+    async fn finish_rebuild_with(
+        &mut self,
+        source: &str,
+        session: &oversync_protocol::SnapshotSession,
+        mode: &SourceMode,
+    ) -> Result<(RebuildReport, Vec<crate::lifecycle::ReplacedLocalRow>)> {
         let result = self.stage_and_swap(source, session, mode).await;
         self.close_snapshot_session(source, &session.snapshot_id)
             .await;
@@ -217,7 +235,7 @@ impl Oversync<'_> {
         source: &str,
         session: &oversync_protocol::SnapshotSession,
         mode: &SourceMode,
-    ) -> Result<RebuildReport> {
+    ) -> Result<(RebuildReport, Vec<crate::lifecycle::ReplacedLocalRow>)> {
         let transport = self.transport()?;
         check_session(session)?;
         let total = session.row_count as u64;
@@ -330,8 +348,15 @@ impl Oversync<'_> {
         let refs = &self.rt.uuid_refs;
         let snapshot_id = session.snapshot_id.clone();
         let seq = session.snapshot_bundle_seq;
-        let (changed, apply_peak) = in_apply_transaction(self.conn, |conn| {
+        let (changed, apply_peak, replaced) = in_apply_transaction(self.conn, |conn| {
             let mut apply_peak = 0u64;
+            // Read in the swap transaction, so they are exactly the rows it drops.
+            let replaced = match mode {
+                SourceMode::ReplaceLocal { surface: true, .. } => {
+                    crate::lifecycle::replaced_local_rows(conn)?
+                }
+                _ => Vec::new(),
+            };
             let intents = match mode {
                 SourceMode::ReplaceLocal { .. } => Vec::new(),
                 _ => local_intent(conn, config, mode)?,
@@ -382,7 +407,7 @@ impl Oversync<'_> {
             restore_intent(conn, refs, &intents, outbox_stays)?;
             match mode {
                 SourceMode::Rotate { replacement, .. } => switch_source(conn, source, replacement)?,
-                SourceMode::ReplaceLocal { user_id } => {
+                SourceMode::ReplaceLocal { user_id, .. } => {
                     crate::lifecycle::finish_remote_replace(conn, user_id)?
                 }
                 SourceMode::Keep => {}
@@ -395,14 +420,15 @@ impl Oversync<'_> {
                 .execute(conn)?;
             let changed: std::collections::HashSet<&'static str> =
                 config.tables().iter().map(|t| t.table_name).collect();
-            Ok((changed, apply_peak))
+            Ok((changed, apply_peak, replaced))
         })?;
         self.tables_changed(changed);
-        Ok(RebuildReport {
+        let report = RebuildReport {
             snapshot_bundle_seq: seq,
             rows: staged,
             peak_rows_in_memory: peak.max(apply_peak),
-        })
+        };
+        Ok((report, replaced))
     }
 }
 

@@ -200,3 +200,15 @@ pub(crate) fn rotate_source_locally(
     tracing::warn!(?cause, %previous, current = %fresh, "oversync source rotated locally");
     Ok(fresh)
 }
+
+/// The highest row version in `_sync_row_state` (0 when empty).
+pub(crate) fn newest_row_version(conn: &mut SqliteConnection) -> QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Newest {
+        #[diesel(sql_type = BigInt)]
+        v: i64,
+    }
+    let n: Newest = sql_query("SELECT IFNULL(MAX(row_version), 0) AS v FROM _sync_row_state")
+        .get_result(conn)?;
+    Ok(n.v)
+}

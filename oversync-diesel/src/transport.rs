@@ -62,6 +62,8 @@ const MAX_ERROR_MESSAGE: usize = 512;
 #[derive(Clone)]
 pub struct Transport {
     inner: Arc<Inner>,
+    /// The user this handle's calls are for (see [`Transport::expecting_user`]).
+    user: Option<Arc<str>>,
 }
 
 struct Inner {
@@ -179,6 +181,7 @@ impl Transport {
                 timed_out: false,
             })?;
         Ok(Transport {
+            user: None,
             inner: Arc::new(Inner {
                 http,
                 base,
@@ -196,6 +199,25 @@ impl Transport {
         if let Ok(mut observers) = self.inner.retry_observers.write() {
             observers.push(Arc::new(observer));
         }
+    }
+
+    /// This transport for calls made on behalf of `user_id` (sharing the connection pool and
+    /// token provider). A server that names the token's user in the
+    /// [`USER_ID_HEADER`](oversync_protocol::USER_ID_HEADER) response header (ours does)
+    /// and names another user gets [`TransportError::TokenUserMismatch`] instead of the
+    /// answer; against a server that does not say, a `401` or `403` names `user_id` in its
+    /// message. The engine uses it with the attached user for every call of a push, pull or
+    /// attach, so a token of another account fails before anything is applied locally.
+    pub fn expecting_user(&self, user_id: &str) -> Transport {
+        Transport {
+            inner: self.inner.clone(),
+            user: Some(Arc::from(user_id.trim())),
+        }
+    }
+
+    /// The user set by [`Transport::expecting_user`], if any.
+    pub fn expected_user(&self) -> Option<&str> {
+        self.user.as_deref()
     }
 
     /// The server's base URL, normalized without a trailing slash.
@@ -553,6 +575,12 @@ impl Transport {
                     ..
                 }) => {
                     if refreshed {
+                        let message = match self.user.as_deref() {
+                            Some(user) => {
+                                format!("{message} (the device is attached to user {user:?})")
+                            }
+                            None => message,
+                        };
                         return Err(TransportError::Unauthorized { message });
                     }
                     tracing::debug!(endpoint = %call.endpoint, "401: refreshing the token and retrying once");
@@ -629,12 +657,37 @@ impl Transport {
             .map_err(|e| network(&call.endpoint, "sending", &e))?;
         let status = response.status();
         tracing::debug!(status = status.as_u16(), "answer");
+        let request = || format!("{} {}", call.method, call.url.path());
+        if let (Some(expected), Some(token_user)) = (
+            self.user.as_deref(),
+            response.headers().get(oversync_protocol::USER_ID_HEADER),
+        ) {
+            let token_user = String::from_utf8_lossy(token_user.as_bytes());
+            if token_user.trim() != expected {
+                return Err(TransportError::TokenUserMismatch {
+                    request: request(),
+                    expected_user: expected.to_owned(),
+                    token_user: token_user.trim().to_owned(),
+                });
+            }
+        }
         if !status.is_success() {
             let (bytes, _) = tokio::time::timeout_at(deadline, read_body(response, MAX_ERROR_BODY))
                 .await
                 .unwrap_or_default();
-            let request = format!("{} {}", call.method, call.url.path());
-            return Err(server_error(request, status.as_u16(), &bytes));
+            let mut error = server_error(request(), status.as_u16(), &bytes);
+            if let (
+                Some(user),
+                TransportError::Server {
+                    status: 403,
+                    message,
+                    ..
+                },
+            ) = (self.user.as_deref(), &mut error)
+            {
+                message.push_str(&format!(" (the device is attached to user {user:?})"));
+            }
+            return Err(error);
         }
         if call.stream {
             return Ok(Answer::Stream(response));

@@ -211,7 +211,7 @@ async fn watch_loop(
             continue;
         }
         let (transport, source, after) = {
-            let o = conn.oversync();
+            let mut o = conn.oversync();
             let Ok(transport) = o.transport() else { return };
             let Ok(attachment) = crate::state::attachment_state(o.conn) else {
                 return;

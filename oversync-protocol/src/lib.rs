@@ -41,6 +41,11 @@ pub use wire::*;
 
 /// Request header that carries the client's sync source id on every `/sync/*` request.
 pub const SOURCE_ID_HEADER: &str = "Oversync-Source-ID";
+/// Response header naming the user the request's token authenticated (our server's
+/// extension; the OpenAPI leaves response headers open and the reference server does not send
+/// it). A client compares it with the user it is attached to, so a token of another account
+/// is refused before any of the device's rows reach that account.
+pub const USER_ID_HEADER: &str = "Oversync-User-ID";
 
 /// The protocol version reported by `GET /sync/capabilities`.
 pub const PROTOCOL_VERSION: &str = "v1";

@@ -63,3 +63,26 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
         Ok(Actor { user_id, source_id })
     }
 }
+
+/// Adds [`USER_ID_HEADER`](oversync_protocol::USER_ID_HEADER) to every `/sync/*` answer
+/// whose request the host's auth layer authenticated, so a client can tell that its token
+/// belongs to another user than the one it is attached to. A user id that is not a valid
+/// header value is not sent (the client then cannot compare, and does not).
+pub(crate) async fn name_token_user(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let user = request
+        .extensions()
+        .get::<AuthenticatedUser>()
+        .map(|u| u.0.trim().to_owned())
+        .filter(|u| !u.is_empty() && u.len() <= MAX_USER_ID_LEN)
+        .and_then(|u| axum::http::HeaderValue::from_str(&u).ok());
+    let mut response = next.run(request).await;
+    if let Some(user) = user {
+        response
+            .headers_mut()
+            .insert(oversync_protocol::USER_ID_HEADER, user);
+    }
+    response
+}

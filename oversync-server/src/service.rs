@@ -244,6 +244,7 @@ impl SyncService {
                 self.clone(),
                 crate::metrics::observe,
             ))
+            .layer(axum::middleware::from_fn(crate::auth::name_token_user))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 crate::drain::guard,

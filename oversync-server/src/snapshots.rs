@@ -278,6 +278,11 @@ impl CancelOnDrop {
     }
 }
 
+/// How often an abandoned build's statement is cancelled again while it has not ended.
+const CANCEL_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+/// Cancels sent for one abandoned build before its connection is closed regardless.
+const CANCEL_ATTEMPTS: u32 = 40;
+
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         let Some(client) = self.client.take() else {
@@ -289,10 +294,25 @@ impl Drop for CancelOnDrop {
             return;
         };
         runtime.spawn(async move {
-            if let Err(e) = cancel.cancel_query(tokio_postgres::NoTls).await {
-                tracing::warn!(error = %e, "cancelling an abandoned snapshot build failed");
+            // One cancel is not enough: the dropped future may have queued its statement
+            // without the backend having received it yet, and PostgreSQL ignores a cancel that
+            // arrives while the backend waits for a command; the statement then starts later
+            // and, blocked on a lock, never notices the closed socket. So cancel until the
+            // backend answers a probe queued behind the statement: responses come in order,
+            // so an answer means the statement has ended.
+            {
+                let probe = detached.simple_query("ROLLBACK");
+                tokio::pin!(probe);
+                for _ in 0..CANCEL_ATTEMPTS {
+                    if let Err(e) = cancel.cancel_query(tokio_postgres::NoTls).await {
+                        tracing::warn!(error = %e, "cancelling an abandoned snapshot build failed");
+                    }
+                    if tokio::time::timeout(CANCEL_RETRY, &mut probe).await.is_ok() {
+                        break;
+                    }
+                }
             }
-            // Closed only after the cancel went out, so the backend stops and then sees EOF.
+            // Closed only after the statement ended (or the attempts ran out), never pooled.
             drop(detached);
         });
     }

@@ -30,6 +30,22 @@ pub enum TransportError {
         /// The server's last answer (first 512 characters).
         message: String,
     },
+    /// The server named the user the token authenticated (the
+    /// [`USER_ID_HEADER`](oversync_protocol::USER_ID_HEADER) response header), and it is not
+    /// the user this call was for ([`Transport::expecting_user`](super::Transport::expecting_user)):
+    /// the app handed over a token of another account. The answer was not used; nothing is
+    /// retried.
+    #[error(
+        "{request}: the token is for user {token_user:?}, but the device is attached to user {expected_user:?}"
+    )]
+    TokenUserMismatch {
+        /// The method and path whose answer named the other user.
+        request: String,
+        /// The user the device is attached to (or attaching).
+        expected_user: String,
+        /// The user the server says the token is for.
+        token_user: String,
+    },
     /// The token provider failed.
     #[error(transparent)]
     Auth(#[from] AuthError),
