@@ -3,7 +3,7 @@
 //! random orders, some syncs through injected network faults; after faults stop and every
 //! device syncs, all devices and a freshly attached device hold the same rows and nothing is
 //! pending. proptest prints the failing case and its seed; 96 cases by default,
-//! 200 with `OVERSYNC_LONG_TESTS=1`.
+//! 1,000 random cases with `OVERSYNC_LONG_TESTS=1`.
 //!
 //! Devices share both key pools: two devices may create the same member under different
 //! teams, and a team deleted on one device cascades to members another device still edits.
