@@ -89,25 +89,23 @@ pub(crate) fn drop_superseded(
 pub(crate) fn drop_orphans(conn: &mut SqliteConnection, tables: &HashSet<String>) -> Result<()> {
     #[derive(QueryableByName)]
     struct Orphan {
-        #[diesel(sql_type = Text)]
-        table: String,
         #[diesel(sql_type = Nullable<BigInt>)]
         rowid: Option<i64>,
     }
     // A deleted orphan may orphan its own non-cascading children: a few passes at most.
+    // Only the upserted tables are checked (a whole-database check scans every table).
     for _ in 0..8 {
-        let orphans: Vec<Orphan> = diesel::sql_query("PRAGMA foreign_key_check").load(conn)?;
         let mut deleted = 0;
-        for orphan in orphans {
-            let (true, Some(rowid)) = (tables.contains(&orphan.table), orphan.rowid) else {
-                continue;
-            };
-            deleted += diesel::sql_query(format!(
-                "DELETE FROM {} WHERE rowid = ?",
-                ident(&orphan.table)
-            ))
-            .bind::<BigInt, _>(rowid)
-            .execute(conn)?;
+        for table in tables {
+            let orphans: Vec<Orphan> =
+                diesel::sql_query(format!("PRAGMA foreign_key_check({})", ident(table)))
+                    .load(conn)?;
+            for rowid in orphans.into_iter().filter_map(|o| o.rowid) {
+                deleted +=
+                    diesel::sql_query(format!("DELETE FROM {} WHERE rowid = ?", ident(table)))
+                        .bind::<BigInt, _>(rowid)
+                        .execute(conn)?;
+            }
         }
         if deleted == 0 {
             break;
