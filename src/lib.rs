@@ -83,6 +83,19 @@ pub fn config() -> OversyncConfig {
         .table::<TypedRow>()
 }
 
+/// Every `users` row as id -> name (to compare a device with a fresh one).
+pub fn user_names_by_id(
+    conn: &mut diesel::SqliteConnection,
+) -> std::collections::BTreeMap<String, String> {
+    use diesel::prelude::*;
+    schema::users::table
+        .select((schema::users::id, schema::users::name))
+        .load::<(String, String)>(conn)
+        .expect("load users")
+        .into_iter()
+        .collect()
+}
+
 /// A fresh canonical UUID string.
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()

@@ -80,15 +80,6 @@ fn spawn_writer(
     })
 }
 
-fn names(conn: &mut SqliteConnection) -> BTreeMap<String, String> {
-    users::table
-        .select((users::id, users::name))
-        .load::<(String, String)>(conn)
-        .expect("load users")
-        .into_iter()
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_app_connections_never_fail_during_push_pull_and_rebuild() {
     let server = Server::start().await;
@@ -158,7 +149,7 @@ async fn configured_app_connections_never_fail_during_push_pull_and_rebuild() {
         .attach(&name)
         .await
         .expect("fresh attach");
-    let server_rows = names(&mut fresh.conn);
+    let server_rows = user_names_by_id(&mut fresh.conn);
     for (id, last) in &committed {
         assert_eq!(
             server_rows.get(id),
@@ -172,7 +163,7 @@ async fn configured_app_connections_never_fail_during_push_pull_and_rebuild() {
         committed.len()
     );
     assert_eq!(
-        names(&mut seed),
+        user_names_by_id(&mut seed),
         server_rows,
         "device a equals a fresh device"
     );

@@ -88,15 +88,6 @@ fn spawn_writer(
     })
 }
 
-fn names(conn: &mut SqliteConnection) -> BTreeMap<String, String> {
-    users::table
-        .select((users::id, users::name))
-        .load::<(String, String)>(conn)
-        .expect("load users")
-        .into_iter()
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_from_another_connection_during_push_pull_and_rebuild_are_kept() {
     let server = Server::start().await;
@@ -157,7 +148,7 @@ async fn writes_from_another_connection_during_push_pull_and_rebuild_are_kept() 
         .attach(&name)
         .await
         .expect("fresh attach");
-    let server_rows = names(&mut fresh.conn);
+    let server_rows = user_names_by_id(&mut fresh.conn);
     for (id, last) in &committed {
         assert_eq!(
             server_rows.get(id),
@@ -167,12 +158,12 @@ async fn writes_from_another_connection_during_push_pull_and_rebuild_are_kept() 
     }
     assert_eq!(server_rows.len(), 6000 + committed.len());
     assert_eq!(
-        names(&mut a.conn),
+        user_names_by_id(&mut a.conn),
         server_rows,
         "device a equals the server"
     );
     assert_eq!(
-        names(&mut b.conn),
+        user_names_by_id(&mut b.conn),
         server_rows,
         "device b equals the server"
     );
