@@ -378,9 +378,8 @@ pub async fn build_app(config: DemoConfig) -> Result<DemoApp, DemoError> {
         auth: auth.clone(),
         schema: config.business_schema.clone(),
     };
-    let sync = service
-        .sync_routes()
-        .layer(middleware::from_fn_with_state(auth.clone(), require_jwt));
+    let sync =
+        service.sync_routes_with_auth(middleware::from_fn_with_state(auth.clone(), require_jwt));
     let demo = Router::new()
         .route("/dummy-signin", post(dummy_signin))
         .route("/test/reset", post(reset))

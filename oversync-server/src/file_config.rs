@@ -264,8 +264,8 @@ CONFIG KEYS:
                 retention_prune_batch, max_body_bytes
     [watch]     enabled (default true), heartbeat_seconds (default 25), channel
     [database]  statement_timeout_seconds (default: the server's; cancels longer statements)
-                ca_file (PEM CA certificates for sslmode=verify-full; default: public roots)
-                url's sslmode: disable | prefer (default) | require | verify-full
+                ca_file (PEM CA certificates for sslmode=verify-ca/verify-full; default: public roots)
+                url's sslmode: disable | prefer (default) | require | verify-ca | verify-full
     [retention] keep_days (bundles younger are kept), keep_last (newest N per user are kept,
                 same as limits.retained_bundles_per_user; 0 = the count rule keeps nothing),
                 sweep_interval_seconds (default 300), batch (bundles per transaction).
@@ -366,7 +366,7 @@ pub struct ServerSettings {
     pub drain_timeout: Duration,
     /// `database.statement_timeout_seconds`.
     pub statement_timeout: Option<Duration>,
-    /// `database.ca_file`: PEM certificates `sslmode=verify-full` trusts.
+    /// `database.ca_file`: PEM certificates `sslmode=verify-ca` and `verify-full` trust.
     pub ca_file: Option<PathBuf>,
     /// Age rule and sweep of the retained history.
     pub retention: crate::retention::RetentionConfig,

@@ -2,9 +2,9 @@
 //! (go-oversync).
 //!
 //! * As a library: register business tables in a [`ServiceConfig`], start a
-//!   [`SyncService`], and mount [`SyncService::router`] (or [`SyncService::sync_routes`])
-//!   behind your own auth layer, which must insert an [`AuthenticatedUser`] request
-//!   extension. Without it `/sync/*` answers `401`.
+//!   [`SyncService`], and mount [`SyncService::sync_routes_with_auth`] with your own auth
+//!   layer, which must insert an [`AuthenticatedUser`] request extension (without it `/sync/*`
+//!   answers `401`), beside [`SyncService::public_routes`].
 //! * Server-originated writes: [`SyncService::begin_server_write`].
 //! * The example server (demo auth, business schema, test routes): [`demo`], and the
 //!   `oversync-example-server` binary.
@@ -20,13 +20,14 @@
 //! let pg = tokio_postgres::Config::from_str("postgres://postgres@127.0.0.1/app")?;
 //! let config = ServiceConfig::new("my-app", vec![TableSpec::new("business", "users", "id")]);
 //! let service = SyncService::start(pg, config).await?;
-//! let app = service.router().layer(axum::middleware::from_fn(
+//! let auth = axum::middleware::from_fn(
 //!     |mut req: axum::extract::Request, next: axum::middleware::Next| async move {
-//!         // Replace with real authentication.
+//!         // Replace with real authentication (answer 401 for a bad token).
 //!         req.extensions_mut().insert(AuthenticatedUser("alice".into()));
 //!         next.run(req).await
 //!     },
-//! ));
+//! );
+//! let app = service.sync_routes_with_auth(auth).merge(service.public_routes());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }

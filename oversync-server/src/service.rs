@@ -5,12 +5,16 @@ use crate::config::ServiceConfig;
 use crate::error::SyncError;
 use crate::watch::WatchHub;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::response::IntoResponse;
+use axum::routing::{Route, delete, get, post};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::task::JoinHandle;
+use tower_layer::Layer;
+use tower_service::Service;
 
 /// Shared state of the sync runtime. Create it with [`SyncService::start`], mount
 /// [`SyncService::router`] behind the host's auth layer (which must insert an
@@ -210,9 +214,35 @@ impl SyncService {
         self.sync_routes().merge(self.public_routes())
     }
 
-    /// Only the `/sync/*` routes (to wrap in the host's auth layer).
+    /// Only the `/sync/*` routes, for a host that authenticates in an outer layer. A request
+    /// rejected there never reaches the metrics and request-id layer; prefer
+    /// [`Self::sync_routes_with_auth`].
     pub fn sync_routes(self: &Arc<Self>) -> Router {
-        Router::new()
+        self.sync_routes_with(|routes| routes)
+    }
+
+    /// The `/sync/*` routes with the host's authentication layer (which inserts an
+    /// [`crate::AuthenticatedUser`] or answers 401) placed inside the metrics and request-id
+    /// layer, so rejected requests are counted by route and status and carry an
+    /// `x-request-id` like every other answer.
+    pub fn sync_routes_with_auth<L>(self: &Arc<Self>, auth: L) -> Router
+    where
+        L: Layer<Route> + Clone + Send + Sync + 'static,
+        L::Service: Service<Request> + Clone + Send + Sync + 'static,
+        <L::Service as Service<Request>>::Response: IntoResponse + 'static,
+        <L::Service as Service<Request>>::Error: Into<Infallible> + 'static,
+        <L::Service as Service<Request>>::Future: Send + 'static,
+    {
+        self.sync_routes_with(|routes| routes.layer(auth))
+    }
+
+    /// Layers, inside out: handlers, the `Oversync-User-ID` answer header (reads the user the
+    /// auth layer set), `authenticate`, metrics and request id, drain.
+    fn sync_routes_with(
+        self: &Arc<Self>,
+        authenticate: impl FnOnce(Router<Arc<Self>>) -> Router<Arc<Self>>,
+    ) -> Router {
+        let routes = Router::new()
             .route("/sync/capabilities", get(crate::status::capabilities))
             .route("/sync/connect", post(crate::connect::connect))
             .route("/sync/push-sessions", post(crate::push_sessions::create))
@@ -240,11 +270,12 @@ impl SyncService {
                 get(crate::snapshots::chunk).delete(crate::snapshots::delete),
             )
             .layer(DefaultBodyLimit::max(self.config.limits.max_body_bytes))
+            .layer(axum::middleware::from_fn(crate::auth::name_token_user));
+        authenticate(routes)
             .route_layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 crate::metrics::observe,
             ))
-            .layer(axum::middleware::from_fn(crate::auth::name_token_user))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 crate::drain::guard,

@@ -1,5 +1,5 @@
 //! TLS to PostgreSQL with rustls: `sslmode` of the database URL (`disable`, `prefer`,
-//! `require`, `verify-full`) and a CA file for servers whose certificate is not signed by
+//! `require`, `verify-ca`, `verify-full`) and a CA file for servers whose certificate is not signed by
 //! a public root (managed databases usually hand out such a CA bundle).
 //!
 //! * `disable`: plain TCP.
@@ -7,15 +7,24 @@
 //!   the certificate; plain otherwise.
 //! * `require`: TLS or fail, without checking the certificate (as libpq without a root
 //!   certificate).
-//! * `verify-full`: TLS, the chain checked against the CA file (or the public web roots when
-//!   none is given) and the certificate checked to name the host of the URL.
+//! * `verify-ca`: TLS, the chain checked against the CA file (or the public web roots), the
+//!   host name not checked (for a database reached by an address its certificate does not
+//!   name, such as a private IP behind a managed service's CA).
+//! * `verify-full`: TLS, the chain checked as for `verify-ca` and the certificate checked to
+//!   name the host of the URL.
+//!
+//! `allow` (plain first, TLS only when the server insists) is refused: tokio-postgres cannot
+//! fall back that way, and `prefer` is the safer choice.
 //!
 //! `sslrootcert=FILE` in the URL is accepted as the CA file too.
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -31,7 +40,9 @@ use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// `sslmode` has a value this server does not implement.
-    #[error("sslmode={0} is not supported (use disable, prefer, require or verify-full)")]
+    #[error(
+        "sslmode={0} is not supported (use disable, prefer, require, verify-ca or verify-full)"
+    )]
     UnsupportedMode(String),
     /// The URL does not parse.
     #[error("not a PostgreSQL URL (postgres://user@host:port/db): {0}")]
@@ -58,6 +69,8 @@ pub enum SslMode {
     Prefer,
     /// TLS, unverified.
     Require,
+    /// TLS, chain verified, host name not.
+    VerifyCa,
     /// TLS, chain and host name verified.
     VerifyFull,
 }
@@ -74,7 +87,7 @@ pub struct Database {
 }
 
 /// Splits `sslmode` and `sslrootcert` off the query string (tokio-postgres knows neither
-/// `verify-full` nor `sslrootcert`).
+/// `verify-ca`, `verify-full` nor `sslrootcert`).
 fn take_tls_params(url: &str) -> (String, Option<String>, Option<String>) {
     let Some((base, query)) = url.split_once('?') else {
         return (url.to_owned(), None, None);
@@ -104,7 +117,7 @@ fn take_tls_params(url: &str) -> (String, Option<String>, Option<String>) {
 
 impl Database {
     /// Parses `url`, honouring its `sslmode`; `ca_file` (or the URL's `sslrootcert`) holds
-    /// the PEM certificates `verify-full` trusts.
+    /// the PEM certificates `verify-ca` and `verify-full` trust.
     pub fn parse(url: &str, ca_file: Option<&Path>) -> Result<Database, TlsError> {
         let (plain_url, mode, root) = take_tls_params(url);
         let mut config = tokio_postgres::Config::from_str(&plain_url)
@@ -113,19 +126,21 @@ impl Database {
             None | Some("prefer") => SslMode::Prefer,
             Some("disable") => SslMode::Disable,
             Some("require") => SslMode::Require,
+            Some("verify-ca") => SslMode::VerifyCa,
             Some("verify-full") => SslMode::VerifyFull,
             Some(other) => return Err(TlsError::UnsupportedMode(other.to_owned())),
         };
         config.ssl_mode(match ssl_mode {
             SslMode::Disable => PgSslMode::Disable,
             SslMode::Prefer => PgSslMode::Prefer,
-            SslMode::Require | SslMode::VerifyFull => PgSslMode::Require,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
         });
         let ca = ca_file.map(Path::to_path_buf).or(root.map(PathBuf::from));
         let connector = match ssl_mode {
             SslMode::Disable => Connector::none(),
             SslMode::Prefer | SslMode::Require => Connector::unverified()?,
-            SslMode::VerifyFull => Connector::verified(ca.as_deref())?,
+            SslMode::VerifyCa => Connector::verified(ca.as_deref(), HostCheck::Skip)?,
+            SslMode::VerifyFull => Connector::verified(ca.as_deref(), HostCheck::Verify)?,
         };
         Ok(Database {
             config,
@@ -182,8 +197,9 @@ impl Connector {
         })
     }
 
-    /// TLS checking chain and host name against `ca_file` (PEM), or the public web roots.
-    pub fn verified(ca_file: Option<&Path>) -> Result<Connector, TlsError> {
+    /// TLS checking the chain against `ca_file` (PEM), or the public web roots, and the host
+    /// name as `host` says.
+    pub fn verified(ca_file: Option<&Path>, host: HostCheck) -> Result<Connector, TlsError> {
         let mut roots = RootCertStore::empty();
         match ca_file {
             Some(path) => {
@@ -206,14 +222,82 @@ impl Connector {
             }
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
         }
-        let config = ClientConfig::builder_with_provider(provider())
+        let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let config = match host {
+            HostCheck::Verify => builder.with_root_certificates(roots),
+            HostCheck::Skip => {
+                let chain =
+                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                        .build()
+                        .map_err(|e| TlsError::Config(e.to_string()))?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(ChainOnly(chain)))
+            }
+        }
+        .with_no_client_auth();
         Ok(Connector {
             config: Some(Arc::new(config)),
         })
+    }
+}
+
+/// Whether a verified connection also checks that the certificate names the URL's host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostCheck {
+    /// `verify-full`.
+    Verify,
+    /// `verify-ca`.
+    Skip,
+}
+
+/// `verify-ca`: the full web-PKI check, with only a host-name mismatch forgiven. webpki
+/// checks the chain before the name, so a name error means the chain was accepted.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }
 
@@ -371,9 +455,15 @@ mod tests {
                 .ssl_mode,
             SslMode::Disable
         );
+        assert_eq!(
+            Database::parse("postgres://u@h/db?sslmode=verify-ca", None)
+                .unwrap()
+                .ssl_mode,
+            SslMode::VerifyCa
+        );
         assert!(matches!(
-            Database::parse("postgres://u@h/db?sslmode=verify-ca", None),
-            Err(TlsError::UnsupportedMode(m)) if m == "verify-ca"
+            Database::parse("postgres://u@h/db?sslmode=allow", None),
+            Err(TlsError::UnsupportedMode(m)) if m == "allow"
         ));
         assert!(matches!(
             Database::parse(

@@ -317,7 +317,8 @@ async fn generated_schema_migrates_serves_and_grows_without_restart() {
     let served = serve(&config, port).await;
     let base = served.base_url.clone();
 
-    // Unauthenticated and wrong-issuer requests are refused.
+    // Unauthenticated and wrong-issuer requests are refused, carry a request id, and are
+    // counted in /metrics under their route and status like any other answer.
     let http = reqwest::Client::new();
     let r = http
         .get(format!("{base}/sync/capabilities"))
@@ -325,6 +326,29 @@ async fn generated_schema_migrates_serves_and_grows_without_restart() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        r.headers().contains_key("x-request-id"),
+        "{:?}",
+        r.headers()
+    );
+    let r = http
+        .get(format!("{base}/sync/capabilities"))
+        .bearer_auth(token(&user).replace('.', "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused =
+        r#"oversync_http_requests_total{route="/sync/capabilities",method="GET",status="401"} 2"#;
+    assert!(metrics.lines().any(|l| l == refused), "{metrics}");
 
     // Device A pushes, device B pulls, through the binary.
     let mut a = device(&base, &user);

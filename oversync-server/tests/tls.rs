@@ -1,6 +1,7 @@
 //! TLS to PostgreSQL: a private cluster serving a certificate signed by a CA made at test
-//! time with `openssl`; every `sslmode` behaves as documented, and the whole service (pool
-//! and watch listener) runs over verified TLS.
+//! time with `openssl`; every `sslmode` behaves as documented (`verify-ca` forgives only a
+//! host name the certificate does not carry), and the whole service (pool and watch
+//! listener) runs over verified TLS.
 
 mod common;
 
@@ -47,6 +48,12 @@ fn certificates(dir: &Path) -> (PathBuf, PathBuf) {
             ],
         );
     }
+    server_certificate(dir, "server", "DNS:localhost,IP:127.0.0.1");
+    (dir.join("ca.crt"), dir.join("other-ca.crt"))
+}
+
+/// `<stem>.crt` and `<stem>.key`: a server certificate for `san`, signed by `ca.crt`.
+fn server_certificate(dir: &Path, stem: &str, san: &str) {
     openssl(
         dir,
         &[
@@ -55,17 +62,19 @@ fn certificates(dir: &Path) -> (PathBuf, PathBuf) {
             "rsa:2048",
             "-nodes",
             "-keyout",
-            "server.key",
+            &format!("{stem}.key"),
             "-out",
-            "server.csr",
+            &format!("{stem}.csr"),
             "-subj",
-            "/CN=localhost",
+            "/CN=oversync test server",
         ],
     );
     std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        dir.join(format!("{stem}.ext")),
+        format!(
+            "subjectAltName={san}\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        ),
     )
     .unwrap();
     openssl(
@@ -74,7 +83,7 @@ fn certificates(dir: &Path) -> (PathBuf, PathBuf) {
             "x509",
             "-req",
             "-in",
-            "server.csr",
+            &format!("{stem}.csr"),
             "-CA",
             "ca.crt",
             "-CAkey",
@@ -83,12 +92,11 @@ fn certificates(dir: &Path) -> (PathBuf, PathBuf) {
             "-days",
             "2",
             "-out",
-            "server.crt",
+            &format!("{stem}.crt"),
             "-extfile",
-            "server.ext",
+            &format!("{stem}.ext"),
         ],
     );
-    (dir.join("ca.crt"), dir.join("other-ca.crt"))
 }
 
 async fn plain_client(url: &str) -> tokio_postgres::Client {
@@ -97,6 +105,21 @@ async fn plain_client(url: &str) -> tokio_postgres::Client {
         .expect("connect");
     tokio::spawn(conn);
     client
+}
+
+/// Copies `<stem>.crt`/`.key` into the data directory as the files `ssl_cert_file` and
+/// `ssl_key_file` name.
+fn install_certificate(data: &str, dir: &Path, stem: &str) {
+    for ext in ["crt", "key"] {
+        let to = Path::new(data).join(format!("server.{ext}"));
+        std::fs::copy(dir.join(format!("{stem}.{ext}")), &to).unwrap();
+        // The server refuses a key readable by others; as root the cluster runs as postgres.
+        Command::new("chmod").arg("600").arg(&to).status().unwrap();
+        let _ = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&to)
+            .status();
+    }
 }
 
 /// Turns TLS on in a running cluster: certificate files in its data directory, `ssl = on`,
@@ -108,16 +131,7 @@ async fn enable_ssl(url: &str, dir: &Path) {
         .await
         .unwrap()
         .get(0);
-    for f in ["server.crt", "server.key"] {
-        let to = Path::new(&data).join(f);
-        std::fs::copy(dir.join(f), &to).unwrap();
-        // The server refuses a key readable by others; as root the cluster runs as postgres.
-        Command::new("chmod").arg("600").arg(&to).status().unwrap();
-        let _ = Command::new("chown")
-            .arg("postgres:postgres")
-            .arg(&to)
-            .status();
-    }
+    install_certificate(&data, dir, "server");
     // One statement each: ALTER SYSTEM refuses to run in a multi-statement batch.
     for sql in [
         "ALTER SYSTEM SET ssl = on",
@@ -241,5 +255,37 @@ async fn sslmodes_against_a_server_with_a_private_ca() {
     assert_eq!(unencrypted, 0, "every service connection is encrypted");
     serving.abort();
     service.shutdown();
+
+    // A certificate from the right CA that names another host: verify-full refuses it,
+    // verify-ca accepts it (and still refuses another CA). The server re-reads its
+    // certificate files on reload.
+    server_certificate(dir.path(), "elsewhere", "DNS:db.example.invalid");
+    let data: String = plain
+        .query_one("SHOW data_directory", &[])
+        .await
+        .unwrap()
+        .get(0);
+    install_certificate(&data, dir.path(), "elsewhere");
+    plain
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match connect(&with("verify-full"), Some(&ca)).await {
+            Err(e) if e.contains("NotValidForName") => break,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the reloaded certificate never took effect: {other:?}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(connect(&with("verify-ca"), Some(&ca)).await, Ok(true));
+    let wrong = connect(&with("verify-ca"), Some(&other_ca)).await;
+    assert!(
+        matches!(&wrong, Err(e) if e.contains("UnknownIssuer")),
+        "verify-ca still checks the chain: {wrong:?}"
+    );
     drop(cluster);
 }

@@ -108,8 +108,7 @@ async fn run(command: Command, settings: ServerSettings) -> Result<(), String> {
         return Ok(());
     }
     let router = sync
-        .sync_routes()
-        .layer(axum::middleware::from_fn_with_state(
+        .sync_routes_with_auth(axum::middleware::from_fn_with_state(
             verifier,
             jwt::require_bearer,
         ))
