@@ -345,11 +345,19 @@ impl Oversync<'_> {
         wanted.min(max).clamp(1, 5000) as u32
     }
 
-    fn outbox_rows(&mut self, from: i64, count: i64) -> Result<Vec<PushRequestRow>> {
+    /// Rows `from..from + count` of the outbox frozen as `source_bundle_id`. The key is the
+    /// whole primary key: on `row_ordinal` alone SQLite scans every outbox row per chunk.
+    fn outbox_rows(
+        &mut self,
+        source_bundle_id: i64,
+        from: i64,
+        count: i64,
+    ) -> Result<Vec<PushRequestRow>> {
         let rows: Vec<OutboxRow> = diesel::sql_query(
             "SELECT row_ordinal, table_name, key_json, op, base_row_version, local_payload FROM _sync_outbox_rows \
-             WHERE row_ordinal >= ? AND row_ordinal < ? ORDER BY row_ordinal",
+             WHERE source_bundle_id = ? AND row_ordinal >= ? AND row_ordinal < ? ORDER BY row_ordinal",
         )
+        .bind::<BigInt, _>(source_bundle_id)
         .bind::<BigInt, _>(from)
         .bind::<BigInt, _>(from + count)
         .load(self.conn)?;
@@ -445,7 +453,7 @@ impl Oversync<'_> {
             if next < 0 {
                 return Err(invalid(format!("next_expected_row_ordinal {next}")));
             }
-            let rows = self.outbox_rows(next, chunk)?;
+            let rows = self.outbox_rows(outbox.source_bundle_id, next, chunk)?;
             let sent = rows.len() as i64;
             let uploaded = transport
                 .upload_push_chunk(

@@ -62,6 +62,45 @@ impl BundleHasher {
         row_version: i64,
         payload: Option<&Value>,
     ) {
+        self.push_row(schema, table, key, op, row_version, |s| match payload {
+            Some(p) if op != Op::Delete => write_canonical_json(s, p),
+            _ => s.push_str("null"),
+        });
+    }
+
+    /// [`BundleHasher::push_parts`] with the payload already in canonical JSON text (as a
+    /// server stores it), which is hashed as is instead of being parsed again.
+    pub fn push_parts_canonical(
+        &mut self,
+        schema: &str,
+        table: &str,
+        key: &serde_json::Map<String, Value>,
+        op: Op,
+        row_version: i64,
+        canonical_payload: Option<&str>,
+    ) {
+        self.push_row(
+            schema,
+            table,
+            key,
+            op,
+            row_version,
+            |s| match canonical_payload {
+                Some(p) if op != Op::Delete => s.push_str(p),
+                _ => s.push_str("null"),
+            },
+        );
+    }
+
+    fn push_row(
+        &mut self,
+        schema: &str,
+        table: &str,
+        key: &serde_json::Map<String, Value>,
+        op: Op,
+        row_version: i64,
+        write_payload: impl FnOnce(&mut String),
+    ) {
         let s = &mut self.scratch;
         s.clear();
         s.push(if self.rows == 0 { '[' } else { ',' });
@@ -71,10 +110,7 @@ impl BundleHasher {
         s.push_str(",\"op\":\"");
         s.push_str(op.as_str());
         s.push_str("\",\"payload\":");
-        match payload {
-            Some(p) if op != Op::Delete => write_canonical_json(s, p),
-            _ => s.push_str("null"),
-        }
+        write_payload(s);
         s.push_str(",\"row_ordinal\":");
         write_number(s, self.rows as f64);
         s.push_str(",\"row_version\":");
@@ -196,6 +232,24 @@ mod tests {
             hex::encode(Sha256::digest(b"[]")),
             "empty bundle"
         );
+    }
+
+    #[test]
+    fn canonical_text_payload_hashes_like_the_value() {
+        let mut h = BundleHasher::new();
+        for r in rows() {
+            let text = r.payload.as_ref().map(crate::canonical_json);
+            h.push_parts_canonical(
+                &r.schema,
+                &r.table,
+                &r.key,
+                r.op,
+                r.row_version,
+                text.as_deref(),
+            );
+        }
+        assert_eq!(h.byte_count(), EXPECTED_DOC.len() as u64);
+        assert_eq!(h.finish(), bundle_hash(&rows()));
     }
 
     #[test]

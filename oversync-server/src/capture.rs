@@ -4,6 +4,7 @@
 use crate::bootstrap::Registry;
 use crate::error::SyncError;
 use crate::payload::wire_payload_text;
+use crate::sql;
 use deadpool_postgres::GenericClient;
 use oversync_protocol::{BundleHasher, Op, sync_key};
 use std::collections::HashMap;
@@ -58,13 +59,13 @@ pub(crate) async fn finalize_bundle(
     source_bundle_id: i64,
     notify_channel: Option<&str>,
 ) -> Result<Option<CommittedBundle>, SyncError> {
-    let rows = tx
-        .query(
-            "DELETE FROM sync.capture_stage WHERE txid = txid_current() AND user_pk = $1
+    let rows = sql::query(
+        tx,
+        "DELETE FROM sync.capture_stage WHERE txid = txid_current() AND user_pk = $1
              RETURNING ordinal, table_id, op, key_text, payload::text",
-            &[&user_pk],
-        )
-        .await?;
+        &[&user_pk],
+    )
+    .await?;
     let mut captured: Vec<(i64, i32, i16, String, Option<String>)> = rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
@@ -108,14 +109,14 @@ pub(crate) async fn finalize_bundle(
         return Ok(None);
     }
 
-    let bundle_seq: i64 = tx
-        .query_one(
-            "UPDATE sync.user_state SET next_bundle_seq = next_bundle_seq + 1
+    let bundle_seq: i64 = sql::query_one(
+        tx,
+        "UPDATE sync.user_state SET next_bundle_seq = next_bundle_seq + 1
              WHERE user_pk = $1 RETURNING next_bundle_seq - 1",
-            &[&user_pk],
-        )
-        .await?
-        .get(0);
+        &[&user_pk],
+    )
+    .await?
+    .get(0);
 
     let mut hasher = BundleHasher::new();
     let mut ordinals = Vec::with_capacity(effects.len());
@@ -140,20 +141,14 @@ pub(crate) async fn finalize_bundle(
                 ));
             }
         };
-        let payload_value = match &wire {
-            Some(text) => Some(
-                serde_json::from_str(text)
-                    .map_err(|e| SyncError::internal("captured payload", e))?,
-            ),
-            None => None,
-        };
-        hasher.push_parts(
+        // The stored wire text is canonical JSON already: hashed as is, not parsed again.
+        hasher.push_parts_canonical(
             &info.schema,
             &info.table,
             &sync_key(&info.key_column, &effect.key_text),
             op,
             bundle_seq,
-            payload_value.as_ref(),
+            wire.as_deref(),
         );
         ordinals.push(i as i64);
         table_ids.push(effect.table_id);
@@ -166,13 +161,13 @@ pub(crate) async fn finalize_bundle(
     let byte_count = hasher.byte_count() as i64;
     let bundle_hash = hasher.finish();
 
-    tx.execute(
+    sql::exec(tx,
         "INSERT INTO sync.bundle_log (user_pk, bundle_seq, source_id, source_bundle_id, row_count, byte_count, bundle_hash)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
         &[&user_pk, &bundle_seq, &source_id, &source_bundle_id, &row_count, &byte_count, &bundle_hash],
     )
     .await?;
-    tx.execute(
+    sql::exec(tx,
         "INSERT INTO sync.bundle_rows (user_pk, bundle_seq, row_ordinal, table_id, key_text, op, payload)
          SELECT $1, $2, r.ordinal, r.table_id, r.key_text, r.op, r.payload
          FROM unnest($3::int8[], $4::int4[], $5::text[], $6::int2[], $7::text[])
@@ -180,7 +175,8 @@ pub(crate) async fn finalize_bundle(
         &[&user_pk, &bundle_seq, &ordinals, &table_ids, &keys, &ops, &payloads],
     )
     .await?;
-    tx.execute(
+    sql::exec(
+        tx,
         "INSERT INTO sync.row_state (user_pk, table_id, key_text, bundle_seq, deleted)
          SELECT $1, r.table_id, r.key_text, $2, r.deleted
          FROM unnest($3::int4[], $4::text[], $5::bool[]) AS r(table_id, key_text, deleted)
@@ -197,8 +193,12 @@ pub(crate) async fn finalize_bundle(
             "source_bundle_id": source_bundle_id,
         });
         // Delivered by PostgreSQL only if this transaction commits.
-        tx.execute("SELECT pg_notify($1, $2)", &[&channel, &note.to_string()])
-            .await?;
+        sql::exec(
+            tx,
+            "SELECT pg_notify($1, $2)",
+            &[&channel, &note.to_string()],
+        )
+        .await?;
     }
     Ok(Some(CommittedBundle {
         bundle_seq,

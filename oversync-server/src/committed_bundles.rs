@@ -7,6 +7,7 @@ use crate::bootstrap::Registry;
 use crate::capture::op_from_code;
 use crate::error::SyncError;
 use crate::retention::{enforce_floor, record_history_pruned};
+use crate::sql;
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use oversync_protocol::{BundleRow, CommittedBundleRowsResponse, codes, sync_key};
@@ -80,12 +81,12 @@ impl SyncService {
                 format!("committed bundle {bundle_seq} was not found"),
             )
         };
-        let Some(user) = tx
-            .query_opt(
-                "SELECT user_pk, retained_bundle_floor FROM sync.user_state WHERE user_id = $1",
-                &[&actor.user_id],
-            )
-            .await?
+        let Some(user) = sql::query_opt(
+            &tx,
+            "SELECT user_pk, retained_bundle_floor FROM sync.user_state WHERE user_id = $1",
+            &[&actor.user_id],
+        )
+        .await?
         else {
             return Err(not_found());
         };
@@ -95,23 +96,23 @@ impl SyncService {
             record_history_pruned(self).await;
             return Err(e);
         }
-        let meta = tx
-            .query_opt(
-                "SELECT source_id, source_bundle_id, row_count, bundle_hash
+        let meta = sql::query_opt(
+            &tx,
+            "SELECT source_id, source_bundle_id, row_count, bundle_hash
                  FROM sync.bundle_log WHERE user_pk = $1 AND bundle_seq = $2",
-                &[&user_pk, &bundle_seq],
-            )
-            .await?
-            .ok_or_else(not_found)?;
+            &[&user_pk, &bundle_seq],
+        )
+        .await?
+        .ok_or_else(not_found)?;
         let after = after_row_ordinal.unwrap_or(-1);
-        let page = tx
-            .query(
-                "SELECT table_id, key_text, op, payload FROM sync.bundle_rows
+        let page = sql::query(
+            &tx,
+            "SELECT table_id, key_text, op, payload FROM sync.bundle_rows
                  WHERE user_pk = $1 AND bundle_seq = $2 AND row_ordinal > $3
                  ORDER BY row_ordinal LIMIT $4",
-                &[&user_pk, &bundle_seq, &after, &(max_rows + 1)],
-            )
-            .await?;
+            &[&user_pk, &bundle_seq, &after, &(max_rows + 1)],
+        )
+        .await?;
         let has_more = page.len() as i64 > max_rows;
         let rows = page
             .iter()

@@ -9,7 +9,7 @@ use crate::capture::{CommittedBundle, finalize_bundle, op_code, op_from_code};
 use crate::error::{RejectedRow, SyncError};
 use crate::payload::{db_payload_from_wire, normalize_key, wire_payload_text};
 use crate::scope::{self, INITIALIZED, INITIALIZING, UNINITIALIZED};
-use crate::sql::{is_data_error, quote_ident};
+use crate::sql::{self, is_data_error, quote_ident};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -153,16 +153,16 @@ async fn load_session(
     if uuid::Uuid::parse_str(push_id).is_err() {
         return Err(not_found());
     }
-    let row = tx
-        .query_opt(
-            "SELECT ps.user_pk, us.user_id, ps.source_id, ps.source_bundle_id, ps.planned_row_count,
+    let row = sql::query_opt(
+        tx,
+        "SELECT ps.user_pk, us.user_id, ps.source_id, ps.source_bundle_id, ps.planned_row_count,
                     ps.next_expected_row_ordinal, ps.initialization_id::text, ps.expires_at <= now()
              FROM sync.push_sessions ps JOIN sync.user_state us ON us.user_pk = ps.user_pk
              WHERE ps.push_id = $1::text::uuid FOR UPDATE OF ps",
-            &[&push_id],
-        )
-        .await?
-        .ok_or_else(not_found)?;
+        &[&push_id],
+    )
+    .await?
+    .ok_or_else(not_found)?;
     let session = Session {
         user_pk: row.get(0),
         user_id: row.get(1),
@@ -212,7 +212,8 @@ impl SyncService {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         scope::lock_user(&tx, &actor.user_id).await?;
-        tx.execute(
+        sql::exec(
+            &tx,
             "DELETE FROM sync.push_sessions WHERE expires_at <= now()",
             &[],
         )
@@ -256,18 +257,17 @@ impl SyncService {
             _ => {}
         }
 
-        let committed = tx
-            .query_opt(
-                "SELECT bl.bundle_seq, bl.row_count, bl.bundle_hash
+        let committed = sql::query_opt(
+            &tx,
+            "SELECT bl.bundle_seq, bl.row_count, bl.bundle_hash
                  FROM sync.bundle_log bl JOIN sync.user_state us ON us.user_pk = bl.user_pk
                  WHERE bl.user_pk = $1 AND bl.source_id = $2 AND bl.source_bundle_id = $3
                    AND bl.bundle_seq > us.retained_bundle_floor",
-                &[&user_pk, &actor.source_id, &req.source_bundle_id],
-            )
-            .await?;
+            &[&user_pk, &actor.source_id, &req.source_bundle_id],
+        )
+        .await?;
         if let Some(row) = committed {
-            tx.execute("SELECT nextval('sync.accepted_push_replay_seq')", &[])
-                .await?;
+            sql::exec(&tx, "SELECT nextval('sync.accepted_push_replay_seq')", &[]).await?;
             tx.commit().await?;
             return Ok(PushSessionCreateResponse::AlreadyCommitted {
                 bundle_seq: row.get(0),
@@ -300,14 +300,14 @@ impl SyncService {
                 ),
             ));
         }
-        tx.execute(
+        sql::exec(&tx,
             "DELETE FROM sync.push_sessions WHERE user_pk = $1 AND source_id = $2 AND source_bundle_id = $3",
             &[&user_pk, &actor.source_id, &req.source_bundle_id],
         )
         .await?;
         let push_id = uuid::Uuid::new_v4().to_string();
         let ttl_secs = self.config.limits.push_session_ttl.as_secs_f64();
-        tx.execute(
+        sql::exec(&tx,
             "INSERT INTO sync.push_sessions (push_id, user_pk, source_id, source_bundle_id,
                  planned_row_count, initialization_id, expires_at)
              VALUES ($1::text::uuid, $2, $3, $4, $5, $6::text::uuid, now() + make_interval(secs => $7))",
@@ -396,19 +396,30 @@ impl SyncService {
         };
 
         let mut client = self.client().await?;
+        // A chunk touches only its session, whose row lock orders it against the commit and
+        // a re-created session, so the user's lock (which serializes every write of the user)
+        // is not taken. A seed push also refreshes the user's lease: that takes the user's
+        // lock first, as every other path does, so this transaction starts over.
         let tx = client.transaction().await?;
-        scope::lock_user(&tx, &actor.user_id).await?;
-        let session = load_session(&tx, actor, push_id, true).await?;
-        if let Some(init_id) = &session.initialization_id {
-            scope::require_active_lease(
-                &tx,
-                session.user_pk,
-                &session.source_id,
-                init_id,
-                self.config.limits.initialization_lease_ttl,
-            )
-            .await?;
-        }
+        let mut session = load_session(&tx, actor, push_id, true).await?;
+        let tx = match session.initialization_id.clone() {
+            None => tx,
+            Some(init_id) => {
+                tx.rollback().await?;
+                let tx = client.transaction().await?;
+                scope::lock_user(&tx, &actor.user_id).await?;
+                session = load_session(&tx, actor, push_id, true).await?;
+                scope::require_active_lease(
+                    &tx,
+                    session.user_pk,
+                    &session.source_id,
+                    &init_id,
+                    self.config.limits.initialization_lease_ttl,
+                )
+                .await?;
+                tx
+            }
+        };
         if req.start_row_ordinal != session.next_expected_row_ordinal {
             return Err(SyncError::conflict(
                 codes::PUSH_CHUNK_OUT_OF_ORDER,
@@ -428,7 +439,7 @@ impl SyncService {
         let ops: Vec<i16> = rows.iter().map(|r| op_code(r.op)).collect();
         let bases: Vec<i64> = rows.iter().map(|r| r.base_row_version).collect();
         let payloads: Vec<Option<&str>> = rows.iter().map(|r| r.payload.as_deref()).collect();
-        tx.execute(
+        sql::exec(&tx,
             "INSERT INTO sync.push_session_rows (user_pk, push_id, row_ordinal, table_id, key_text, op, base_row_version, payload)
              SELECT ps.user_pk, ps.push_id, r.o, r.t, r.k, r.op, r.b, r.p
              FROM sync.push_sessions ps, unnest($2::int8[], $3::int4[], $4::text[], $5::int2[], $6::int8[], $7::text[])
@@ -438,7 +449,8 @@ impl SyncService {
         )
         .await?;
         let ttl_secs = self.config.limits.push_session_ttl.as_secs_f64();
-        tx.execute(
+        sql::exec(
+            &tx,
             "UPDATE sync.push_sessions SET next_expected_row_ordinal = $2,
                  expires_at = now() + make_interval(secs => $3)
              WHERE push_id = $1::text::uuid",
@@ -482,20 +494,21 @@ impl SyncService {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
             scope::lock_user(&tx, &actor.user_id).await?;
-            let released = tx
-                .execute(
-                    "UPDATE sync.user_state us SET scope_state = 0, initializer_source_id = NULL,
+            let released = sql::exec(
+                &tx,
+                "UPDATE sync.user_state us SET scope_state = 0, initializer_source_id = NULL,
                          initialization_id = NULL, lease_expires_at = NULL
                      FROM sync.push_sessions ps
                      WHERE ps.push_id = $1::text::uuid AND ps.user_pk = us.user_pk
                        AND us.user_id = $2 AND us.scope_state = 1
                        AND us.initialization_id = ps.initialization_id
                        AND us.initializer_source_id = ps.source_id",
-                    &[&push_id, &actor.user_id],
-                )
-                .await?;
+                &[&push_id, &actor.user_id],
+            )
+            .await?;
             if released > 0 {
-                tx.execute(
+                sql::exec(
+                    &tx,
                     "DELETE FROM sync.push_sessions WHERE push_id = $1::text::uuid",
                     &[&push_id],
                 )
@@ -534,13 +547,13 @@ impl SyncService {
         let session = load_session(&tx, actor, push_id, true).await?;
         let invalid = |m: String| SyncError::bad_request(codes::PUSH_COMMIT_INVALID, m);
 
-        let stored = tx
-            .query(
-                "SELECT row_ordinal, table_id, key_text, op, base_row_version, payload
+        let stored = sql::query(
+            &tx,
+            "SELECT row_ordinal, table_id, key_text, op, base_row_version, payload
                  FROM sync.push_session_rows WHERE push_id = $1::text::uuid ORDER BY row_ordinal",
-                &[&push_id],
-            )
-            .await?;
+            &[&push_id],
+        )
+        .await?;
         if session.next_expected_row_ordinal != session.planned_row_count
             || stored.len() as i64 != session.planned_row_count
         {
@@ -641,7 +654,8 @@ impl SyncService {
             invalid("push session produced no captured business-table effects".into())
         })?;
         let pruned = self.after_bundle(&tx, session.user_pk, &bundle).await?;
-        tx.execute(
+        sql::exec(
+            &tx,
             "DELETE FROM sync.push_sessions WHERE push_id = $1::text::uuid",
             &[&push_id],
         )
@@ -676,7 +690,8 @@ impl SyncService {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         load_session(&tx, actor, push_id, true).await?;
-        tx.execute(
+        sql::exec(
+            &tx,
             "DELETE FROM sync.push_sessions WHERE push_id = $1::text::uuid",
             &[&push_id],
         )
@@ -807,15 +822,15 @@ async fn check_conflicts(
 ) -> Result<(), SyncError> {
     let table_ids: Vec<i32> = rows.iter().map(|r| r.table_id).collect();
     let keys: Vec<&str> = rows.iter().map(|r| r.key_text.as_str()).collect();
-    let states = tx
-        .query(
-            "SELECT rs.table_id, rs.key_text, rs.bundle_seq, rs.deleted
+    let states = sql::query(
+        tx,
+        "SELECT rs.table_id, rs.key_text, rs.bundle_seq, rs.deleted
              FROM unnest($2::int4[], $3::text[]) AS req(table_id, key_text)
              JOIN sync.row_state rs ON rs.user_pk = $1 AND rs.table_id = req.table_id
                   AND rs.key_text = req.key_text",
-            &[&user_pk, &table_ids, &keys],
-        )
-        .await?;
+        &[&user_pk, &table_ids, &keys],
+    )
+    .await?;
     let known: HashMap<(i32, String), (i64, bool)> = states
         .iter()
         .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
@@ -884,14 +899,14 @@ pub(crate) async fn current_row(
     user_id: &str,
     key_text: &str,
 ) -> Result<Option<Value>, SyncError> {
-    let sql = format!(
+    let text = format!(
         "SELECT to_jsonb(src)::text FROM {} AS src WHERE src.{} = $1{} AND src.{} = $2",
         info.ident(),
         quote_ident(&info.key_column),
         info.key_cast(),
         quote_ident(SCOPE_COLUMN)
     );
-    let Some(row) = tx.query_opt(&sql, &[&key_text, &user_id]).await? else {
+    let Some(row) = sql::query_opt(tx, &text, &[&key_text, &user_id]).await? else {
         return Ok(None);
     };
     let text: String = row.get(0);
@@ -966,32 +981,32 @@ async fn apply_batch(
     };
     match rows[0].op {
         Op::Delete => {
-            let sql = format!(
+            let text = format!(
                 "DELETE FROM {table} WHERE {key_col} = ANY($1{}[]) AND {scope_col} = $2",
                 info.key_array_cast()
             );
             let keys: Vec<&str> = rows.iter().map(|r| r.key_text.as_str()).collect();
-            let stmt = tx.prepare_cached(&sql).await?;
+            let stmt = tx.prepare_cached(&text).await?;
             tx.execute(&stmt, &[&keys, &user_id]).await?;
         }
         Op::Insert => {
             let list = columns.join(", ");
-            let sql = format!(
+            let text = format!(
                 "INSERT INTO {table} ({scope_col}, {list})
                  SELECT $2, {list} FROM jsonb_populate_recordset(NULL::{table}, $1::text::jsonb)"
             );
-            let stmt = tx.prepare_cached(&sql).await?;
+            let stmt = tx.prepare_cached(&text).await?;
             tx.execute(&stmt, &[&payloads(), &user_id]).await?;
         }
         Op::Update => {
             let sets: Vec<String> = columns.iter().map(|c| format!("{c} = src.{c}")).collect();
-            let sql = format!(
+            let text = format!(
                 "UPDATE {table} AS dst SET {}
                  FROM jsonb_populate_recordset(NULL::{table}, $1::text::jsonb) AS src
                  WHERE dst.{key_col} = src.{key_col} AND dst.{scope_col} = $2",
                 sets.join(", ")
             );
-            let stmt = tx.prepare_cached(&sql).await?;
+            let stmt = tx.prepare_cached(&text).await?;
             tx.execute(&stmt, &[&payloads(), &user_id]).await?;
         }
     }

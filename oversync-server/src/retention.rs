@@ -56,9 +56,9 @@ pub(crate) async fn apply_policy(
     if !policy.prunes_anything() {
         return Ok(0);
     }
-    let row = tx
-        .query_one(
-            "SELECT next_bundle_seq - 1, retained_bundle_floor,
+    let row = crate::sql::query_one(
+        tx,
+        "SELECT next_bundle_seq - 1, retained_bundle_floor,
                     (scope_state = 1 AND lease_expires_at > now()),
                     (SELECT MIN(snapshot_bundle_seq) FROM sync.snapshot_sessions
                       WHERE user_pk = $1 AND expires_at > now()),
@@ -67,9 +67,9 @@ pub(crate) async fn apply_policy(
                         WHERE user_pk = $1
                           AND committed_at < now() - make_interval(secs => $2::float8)) END
                FROM sync.user_state WHERE user_pk = $1",
-            &[&user_pk, &policy.max_age_seconds],
-        )
-        .await?;
+        &[&user_pk, &policy.max_age_seconds],
+    )
+    .await?;
     let (latest, floor): (i64, i64) = (row.get(0), row.get(1));
     let leased: Option<bool> = row.get(2);
     let snapshot_seq: Option<i64> = row.get(3);
@@ -96,17 +96,18 @@ pub(crate) async fn apply_policy(
     if target <= floor {
         return Ok(0);
     }
-    tx.execute(
+    crate::sql::exec(
+        tx,
         "UPDATE sync.user_state SET retained_bundle_floor = $2 WHERE user_pk = $1",
         &[&user_pk, &target],
     )
     .await?;
-    let deleted = tx
-        .execute(
-            "DELETE FROM sync.bundle_log WHERE user_pk = $1 AND bundle_seq <= $2",
-            &[&user_pk, &target],
-        )
-        .await?;
+    let deleted = crate::sql::exec(
+        tx,
+        "DELETE FROM sync.bundle_log WHERE user_pk = $1 AND bundle_seq <= $2",
+        &[&user_pk, &target],
+    )
+    .await?;
     Ok(deleted as i64)
 }
 

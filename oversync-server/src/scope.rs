@@ -2,6 +2,7 @@
 //! sequencing, and the transaction context that lets triggers capture a bundle.
 
 use crate::error::SyncError;
+use crate::sql;
 use deadpool_postgres::GenericClient;
 use oversync_protocol::codes;
 use std::time::Duration;
@@ -17,7 +18,8 @@ pub(crate) fn rfc3339(column: &str) -> String {
 
 /// Serializes all writes of one user (push, connect, server writes) for the transaction.
 pub(crate) async fn lock_user(tx: &impl GenericClient, user_id: &str) -> Result<(), SyncError> {
-    tx.execute(
+    sql::exec(
+        tx,
         "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
         &[&user_id],
     )
@@ -27,17 +29,18 @@ pub(crate) async fn lock_user(tx: &impl GenericClient, user_id: &str) -> Result<
 
 /// Returns the user's `user_pk`, creating the user row on first use.
 pub(crate) async fn ensure_user(tx: &impl GenericClient, user_id: &str) -> Result<i64, SyncError> {
-    tx.execute(
+    sql::exec(
+        tx,
         "INSERT INTO sync.user_state (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING",
         &[&user_id],
     )
     .await?;
-    let row = tx
-        .query_one(
-            "SELECT user_pk FROM sync.user_state WHERE user_id = $1",
-            &[&user_id],
-        )
-        .await?;
+    let row = sql::query_one(
+        tx,
+        "SELECT user_pk FROM sync.user_state WHERE user_id = $1",
+        &[&user_id],
+    )
+    .await?;
     Ok(row.get(0))
 }
 
@@ -55,20 +58,21 @@ pub(crate) async fn load_scope_for_update(
     user_pk: i64,
 ) -> Result<Scope, SyncError> {
     // An expired lease gives the scope back to whoever connects next.
-    tx.execute(
+    sql::exec(
+        tx,
         "UPDATE sync.user_state SET scope_state = 0, initializer_source_id = NULL,
              initialization_id = NULL, lease_expires_at = NULL
          WHERE user_pk = $1 AND scope_state = 1 AND lease_expires_at <= now()",
         &[&user_pk],
     )
     .await?;
-    let sql = format!(
+    let text = format!(
         "SELECT scope_state, initializer_source_id, initialization_id::text, {},
                 COALESCE(GREATEST(1, CEIL(EXTRACT(EPOCH FROM lease_expires_at - now())))::bigint, 1)
          FROM sync.user_state WHERE user_pk = $1 FOR UPDATE",
         rfc3339("lease_expires_at")
     );
-    let row = tx.query_one(&sql, &[&user_pk]).await?;
+    let row = sql::query_one(tx, &text, &[&user_pk]).await?;
     Ok(Scope {
         state: row.get(0),
         initializer_source_id: row.get(1),
@@ -84,7 +88,8 @@ pub(crate) async fn mark_initialized(
     user_pk: i64,
     source_id: &str,
 ) -> Result<(), SyncError> {
-    tx.execute(
+    sql::exec(
+        tx,
         "UPDATE sync.user_state SET scope_state = 2, initializer_source_id = NULL,
              initialization_id = NULL, lease_expires_at = NULL,
              initialized_at = now(), initialized_by_source_id = $2
@@ -104,16 +109,14 @@ pub(crate) async fn begin_initializing(
 ) -> Result<(String, String), SyncError> {
     let id = uuid::Uuid::new_v4().to_string();
     let secs = ttl.as_secs_f64();
-    let sql = format!(
+    let text = format!(
         "UPDATE sync.user_state SET scope_state = 1, initializer_source_id = $2,
              initialization_id = $3::text::uuid, lease_expires_at = now() + make_interval(secs => $4),
              initialized_at = NULL, initialized_by_source_id = NULL
          WHERE user_pk = $1 RETURNING {}",
         rfc3339("lease_expires_at")
     );
-    let row = tx
-        .query_one(&sql, &[&user_pk, &source_id, &id, &secs])
-        .await?;
+    let row = sql::query_one(tx, &text, &[&user_pk, &source_id, &id, &secs]).await?;
     Ok((id, row.get(0)))
 }
 
@@ -124,12 +127,12 @@ pub(crate) async fn refresh_lease(
     ttl: Duration,
 ) -> Result<String, SyncError> {
     let secs = ttl.as_secs_f64();
-    let sql = format!(
+    let text = format!(
         "UPDATE sync.user_state SET lease_expires_at = now() + make_interval(secs => $2)
          WHERE user_pk = $1 RETURNING {}",
         rfc3339("lease_expires_at")
     );
-    let row = tx.query_one(&sql, &[&user_pk, &secs]).await?;
+    let row = sql::query_one(tx, &text, &[&user_pk, &secs]).await?;
     Ok(row.get(0))
 }
 
@@ -141,8 +144,7 @@ pub(crate) async fn require_active_lease(
     initialization_id: &str,
     ttl: Duration,
 ) -> Result<(), SyncError> {
-    let row = tx
-        .query_one(
+    let row = sql::query_one(tx,
             "SELECT scope_state, lease_expires_at > now(), initializer_source_id, initialization_id::text
              FROM sync.user_state WHERE user_pk = $1 FOR UPDATE",
             &[&user_pk],
@@ -193,14 +195,14 @@ pub(crate) async fn require_initialized(
     client: &impl GenericClient,
     user_id: &str,
 ) -> Result<UserHistory, SyncError> {
-    let row = client
-        .query_opt(
-            "SELECT user_pk, scope_state, lease_expires_at > now(), next_bundle_seq - 1,
+    let row = sql::query_opt(
+        client,
+        "SELECT user_pk, scope_state, lease_expires_at > now(), next_bundle_seq - 1,
                     retained_bundle_floor
              FROM sync.user_state WHERE user_id = $1",
-            &[&user_id],
-        )
-        .await?;
+        &[&user_id],
+    )
+    .await?;
     let uninitialized = || {
         SyncError::conflict(
             codes::SCOPE_UNINITIALIZED,
@@ -232,13 +234,13 @@ pub(crate) async fn expected_source_bundle_id(
     user_pk: i64,
     source_id: &str,
 ) -> Result<(i64, i64), SyncError> {
-    let row = tx
-        .query_opt(
-            "SELECT state, max_committed_source_bundle_id, replaced_by_source_id
+    let row = sql::query_opt(
+        tx,
+        "SELECT state, max_committed_source_bundle_id, replaced_by_source_id
              FROM sync.source_state WHERE user_pk = $1 AND source_id = $2 FOR UPDATE",
-            &[&user_pk, &source_id],
-        )
-        .await?;
+        &[&user_pk, &source_id],
+    )
+    .await?;
     let Some(row) = row else {
         return Ok((1, 0));
     };
@@ -260,7 +262,7 @@ pub(crate) async fn activate_source(
     source_id: &str,
     source_bundle_id: i64,
 ) -> Result<(), SyncError> {
-    tx.execute(
+    sql::exec(tx,
         "INSERT INTO sync.source_state (user_pk, source_id, state, max_committed_source_bundle_id)
          VALUES ($1, $2, 'active', $3)
          ON CONFLICT (user_pk, source_id) DO UPDATE
@@ -279,7 +281,8 @@ pub(crate) async fn set_bundle_context(
     user_id: &str,
     user_pk: i64,
 ) -> Result<(), SyncError> {
-    tx.execute(
+    sql::exec(
+        tx,
         "SELECT set_config('oversync.bundle_user_id', $1, true),
                 set_config('oversync.bundle_user_pk', $2, true)",
         &[&user_id, &user_pk.to_string()],

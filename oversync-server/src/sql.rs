@@ -1,5 +1,54 @@
 //! Quoting of identifiers and literals for the few statements that need dynamic names.
 //! Every name comes from the validated registry; quoting is still applied everywhere.
+//! Statements on the hot paths run prepared once per connection ([`exec`], [`query`]).
+
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+/// Parameters of one statement.
+pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// Executes `sql` as a statement prepared once per pooled connection: a text statement costs
+/// two round trips (parse, then bind and execute) and a fresh plan on every call.
+pub(crate) async fn exec(
+    tx: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<u64, tokio_postgres::Error> {
+    let stmt = tx.prepare_cached(sql).await?;
+    tx.execute(&stmt, params).await
+}
+
+/// [`exec`] returning the rows.
+pub(crate) async fn query(
+    tx: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let stmt = tx.prepare_cached(sql).await?;
+    tx.query(&stmt, params).await
+}
+
+/// [`exec`] returning exactly one row.
+pub(crate) async fn query_one(
+    tx: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Row, tokio_postgres::Error> {
+    let stmt = tx.prepare_cached(sql).await?;
+    tx.query_one(&stmt, params).await
+}
+
+/// [`exec`] returning at most one row.
+pub(crate) async fn query_opt(
+    tx: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Option<Row>, tokio_postgres::Error> {
+    let stmt = tx.prepare_cached(sql).await?;
+    tx.query_opt(&stmt, params).await
+}
 
 /// `"name"` with embedded quotes doubled.
 pub(crate) fn quote_ident(name: &str) -> String {
