@@ -806,7 +806,6 @@ async fn read_pull_body<E>(
     timeout: Duration,
     on_part: &mut impl FnMut(PullPart) -> Result<(), E>,
 ) -> Result<PullPageEnd, PullEachError<E>> {
-    let transport = |e| PullEachError::Transport(e);
     let decode = |message: String| {
         PullEachError::Transport(TransportError::Decode {
             endpoint: endpoint.to_owned(),
@@ -819,12 +818,18 @@ async fn read_pull_body<E>(
     loop {
         let chunk = match tokio::time::timeout_at(deadline, response.chunk()).await {
             Err(_) => {
-                return Err(transport(TransportError::Network {
+                return Err(PullEachError::Transport(TransportError::Network {
                     message: format!("{endpoint} timed out after {timeout:?}"),
                     timed_out: true,
                 }));
             }
-            Ok(Err(e)) => return Err(transport(network(endpoint, "reading the answer of", &e))),
+            Ok(Err(e)) => {
+                return Err(PullEachError::Transport(network(
+                    endpoint,
+                    "reading the answer of",
+                    &e,
+                )));
+            }
             Ok(Ok(None)) => break,
             Ok(Ok(Some(chunk))) => chunk,
         };
