@@ -7,6 +7,16 @@
 //! (as a UI or an axum handler would), reporting the worst lateness of a 10 ms ticker on that
 //! runtime and the worst wait of a status read (`pending_sync_status`, every 5 ms) during it.
 //!
+//! Limits measured in the same run: the raw SQLite insert (above), a PostgreSQL `COPY` of the
+//! same rows into a table shaped like `users` in the server's own PostgreSQL, and the rows'
+//! CSV size for the bytes on the wire. Pull and rebuild also print their local apply time
+//! (the engine's `SyncEvent::Applied`: validating and writing rows, no network) against the
+//! raw insert. Further rows: two devices writing alternately (a device must not pull its own
+//! bundles again) and hydrating right after a bulk push on a fresh database
+//! (`OVERSYNC_BENCH_HYDRATE_ROWS=10000,40000` by default). `OVERSYNC_BENCH_PROFILE=pull` (or
+//! `rebuild`, `push`) runs that child under `valgrind --tool=callgrind`
+//! (`callgrind.<op>.<pid>.out` in the working directory).
+//!
 //! The server (our example server on a private PostgreSQL) runs in this process; every
 //! client operation runs in a child process (this binary re-executed), so the peak RSS
 //! reported is that operation's alone. The child talks to the server through a small TCP
@@ -142,11 +152,191 @@ fn raw_insert_secs(n: usize) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-/// Child process: one client operation on an existing device file; prints `secs rss_kb`.
+/// The machine line's figures: cores (`nproc`) and the load average now.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn nproc() -> String {
+    Command::new("nproc")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The rows as CSV, in `users` column order with the scope column first (the COPY input
+/// and the size limit the wire is compared with).
+fn rows_csv(rows: &[User], scope: &str) -> String {
+    let mut csv = String::new();
+    for r in rows {
+        csv.push_str(&format!(
+            "{scope},{},\"{}\",\"{}\",{},\n",
+            r.id,
+            r.name,
+            r.email,
+            r.created_at.as_deref().unwrap_or("")
+        ));
+    }
+    csv
+}
+
+/// PostgreSQL limit: `COPY` of the same rows (read by the server from a CSV file) into a
+/// fresh table shaped like the synced `users` (same columns, same primary key), in the
+/// server's own PostgreSQL. Returns (seconds, CSV bytes); `None` against an external server.
+async fn pg_copy_secs(server: &Server, n: usize) -> Option<(f64, u64)> {
+    let url = &server.local()?.database().url;
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    tokio::spawn(connection);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("rows.csv");
+    let csv = rows_csv(&rows(n, "copy"), "bench-copy");
+    std::fs::write(&file, &csv).expect("write CSV");
+    let table = format!("bench_copy_{n}");
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table};
+             CREATE TABLE {table} (_sync_scope_id TEXT NOT NULL, id UUID NOT NULL, name TEXT NOT NULL,
+                 email TEXT NOT NULL, created_at TIMESTAMPTZ DEFAULT now(), updated_at TIMESTAMPTZ DEFAULT now(),
+                 PRIMARY KEY (_sync_scope_id, id))"
+        ))
+        .await
+        .expect("create the COPY table");
+    let start = Instant::now();
+    client
+        .batch_execute(&format!(
+            "COPY {table} FROM '{}' WITH (FORMAT csv)",
+            file.display()
+        ))
+        .await
+        .expect("COPY");
+    let secs = start.elapsed().as_secs_f64();
+    client
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .expect("drop the COPY table");
+    Some((secs, csv.len() as u64))
+}
+
+/// `OVERSYNC_BENCH_EXPLAIN=1`: prints `EXPLAIN (ANALYZE, BUFFERS)` of the server's pull
+/// statements for `user`'s first page of `bundles` bundles.
+async fn explain_pull(server: &Server, user: &str, bundles: i64) {
+    if std::env::var("OVERSYNC_BENCH_EXPLAIN").is_err() {
+        return;
+    }
+    let Some(local) = server.local() else {
+        return;
+    };
+    let (client, connection) =
+        tokio_postgres::connect(&local.database().url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to PostgreSQL");
+    tokio::spawn(connection);
+    let pk: i64 = client
+        .query_one(
+            "SELECT user_pk FROM sync.user_state WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .expect("user_pk")
+        .get(0);
+    for sql in [
+        format!(
+            "SELECT bundle_seq, source_id, source_bundle_id, row_count, bundle_hash, byte_count \
+             FROM sync.bundle_log WHERE user_pk = {pk} AND bundle_seq > 0 AND bundle_seq <= 1000000 \
+             ORDER BY bundle_seq LIMIT {}",
+            bundles + 1
+        ),
+        format!(
+            "SELECT bundle_seq, table_id, key_text, op, payload FROM sync.bundle_rows \
+             WHERE user_pk = {pk} AND bundle_seq BETWEEN 1 AND {bundles} ORDER BY bundle_seq, row_ordinal"
+        ),
+    ] {
+        println!("EXPLAIN (ANALYZE, BUFFERS) {sql}");
+        for row in client
+            .query(&format!("EXPLAIN (ANALYZE, BUFFERS) {sql}"), &[])
+            .await
+            .expect("explain")
+        {
+            println!("  {}", row.get::<_, String>(0));
+        }
+    }
+}
+
+/// Two devices of one user writing alternately, each syncing after its write: per sync,
+/// the rows pulled (the other device's) and the rows of its own bundles the pull skipped.
+/// Returns (syncs, mean seconds per sync, rows pulled per sync, own rows skipped, own rows
+/// pulled again).
+async fn two_writers(server: &Server, n: usize) -> (usize, f64, f64, u64, u64) {
+    let user = fresh_user("bench-two-writers");
+    let mut devices = [Device::new(server, &user), Device::new(server, &user)];
+    for d in &mut devices {
+        d.conn.oversync().attach(&user).await.expect("attach");
+    }
+    let syncs = 10;
+    let per_write = (n / syncs).max(1);
+    let (mut pulled, mut skipped, mut again, mut secs) = (0u64, 0u64, 0u64, 0.0);
+    let mut written_by_other = [0u64, 0u64];
+    for round in 0..syncs {
+        let i = round % 2;
+        insert(
+            &mut devices[i].conn,
+            &rows(per_write, &format!("w{i} r{round}")),
+        );
+        written_by_other[1 - i] += per_write as u64;
+        let start = Instant::now();
+        let report = devices[i].conn.oversync().sync().await.expect("sync");
+        secs += start.elapsed().as_secs_f64();
+        let oversync_diesel::PullOutcome::UpToDate {
+            rows_applied,
+            own_rows_skipped,
+            ..
+        } = report.pull
+        else {
+            panic!("pull blocked: {report:?}");
+        };
+        // Everything applied must be the other device's rows written since this one's
+        // last sync; more would be this device's own rows coming back.
+        let expected = std::mem::take(&mut written_by_other[i]);
+        again += rows_applied.saturating_sub(expected);
+        pulled += rows_applied;
+        skipped += own_rows_skipped;
+    }
+    (
+        syncs,
+        secs / syncs as f64,
+        pulled as f64 / syncs as f64,
+        skipped,
+        again,
+    )
+}
+
+/// Hydrating a new device right after a bulk push, on a fresh database (no ANALYZE has
+/// run, as after the first large push into a new server): push `n` rows, then time the
+/// new device's attach in a child process. Returns (seconds, peak RSS, local apply).
+async fn hydrate_after_push(n: usize) -> (f64, u64, f64) {
+    let server = Server::start().await;
+    let user = fresh_user("bench-hydrate-fresh");
+    let mut writer = Device::new(&server, &user);
+    writer.conn.oversync().attach(&user).await.expect("attach");
+    insert(&mut writer.conn, &rows(n, "fresh"));
+    writer.conn.oversync().sync().await.expect("push");
+    let fresh = Device::new(&server, &user);
+    run_child_timed("rebuild", &fresh.path, server.base_url(), &user).await
+}
+
+/// Child process: one client operation on an existing device file; prints `secs rss_kb
+/// apply_secs`.
 async fn child(op: &str, db: &str, url: &str, user: &str) {
     let mut conn = oversync_diesel::OversyncConnection::establish(db, config()).expect("open");
     conn.oversync().open().expect("oversync open");
     conn.set_transport(transport_for(url, user));
+    let mut events = conn.subscribe();
     let start = Instant::now();
     match op {
         "push" => {
@@ -163,7 +353,16 @@ async fn child(op: &str, db: &str, url: &str, user: &str) {
         }
         other => panic!("unknown op {other}"),
     }
-    println!("{} {}", start.elapsed().as_secs_f64(), peak_rss_kb());
+    let secs = start.elapsed().as_secs_f64();
+    let mut applied = Duration::ZERO;
+    loop {
+        match events.try_recv() {
+            Ok(oversync_diesel::SyncEvent::Applied { elapsed, .. }) => applied += elapsed,
+            Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
+            Err(_) => break,
+        }
+    }
+    println!("{secs} {} {}", peak_rss_kb(), applied.as_secs_f64());
 }
 
 /// Child process: one operation through a `SyncClient` on a `current_thread` runtime, with a
@@ -237,6 +436,13 @@ async fn run_child(op: &str, db: &std::path::Path, url: &str, user: &str) -> (f6
     (secs, rss)
 }
 
+/// [`child`] in a child process: (seconds, peak RSS, seconds of local apply reported by
+/// the engine's `SyncEvent::Applied`).
+async fn run_child_timed(op: &str, db: &std::path::Path, url: &str, user: &str) -> (f64, u64, f64) {
+    let (secs, rss, note) = run_child_as("--child", op, db, url, user).await;
+    (secs, rss, note.parse().unwrap_or(f64::NAN))
+}
+
 /// [`owned_child`] in a child process: (seconds, peak RSS, "ticker / status" note).
 async fn run_owned_child(
     op: &str,
@@ -272,10 +478,23 @@ fn run_child_blocking(
     url: &str,
     user: &str,
 ) -> (f64, u64, String) {
-    let out = Command::new(std::env::current_exe().expect("own path"))
-        .args([mode, op, db.to_str().expect("path"), url, user])
-        .output()
-        .expect("run child");
+    let exe = std::env::current_exe().expect("own path");
+    let args = [mode, op, db.to_str().expect("path"), url, user];
+    // `OVERSYNC_BENCH_PROFILE=pull` (or rebuild, push) runs that plain child under callgrind.
+    let profiled = mode == "--child"
+        && std::env::var("OVERSYNC_BENCH_PROFILE").is_ok_and(|p| p.split(',').any(|p| p == op));
+    let mut command = if profiled {
+        let mut c = Command::new("valgrind");
+        c.args([
+            "--tool=callgrind",
+            &format!("--callgrind-out-file=callgrind.{op}.%p.out"),
+        ])
+        .arg(&exe);
+        c
+    } else {
+        Command::new(&exe)
+    };
+    let out = command.args(args).output().expect("run child");
     assert!(
         out.status.success(),
         "{op} child failed: {}",
@@ -294,6 +513,7 @@ fn run_child_blocking(
         [ticker, status] => {
             format!("worst 10 ms ticker lateness {ticker} ms, worst status read {status} ms")
         }
+        [applied] => applied.to_string(),
         _ => String::new(),
     };
     (secs, rss, note)
@@ -418,9 +638,27 @@ async fn bench_main(args: Vec<String>) {
                 vec![500]
             }
         });
+    let load_at_start = load_average();
     let server = Server::start().await;
     let proxy = CountingProxy::start(server.base_url()).await;
     let mut table = Vec::new();
+    // Per size: the PostgreSQL COPY limit (seconds) and the rows' CSV bytes.
+    let mut copies = std::collections::HashMap::new();
+    let wire = |csv: Option<u64>, up: u64, down: u64| match csv {
+        Some(csv) => format!(
+            "wire: {} up, {} down ({:.1}x the rows' CSV)",
+            mb(up),
+            mb(down),
+            (up + down) as f64 / csv as f64
+        ),
+        None => format!("wire: {} up, {} down", mb(up), mb(down)),
+    };
+    let applied = |apply: f64, baseline: f64| {
+        format!(
+            "local apply {apply:.2} s = {:.1}x raw insert",
+            apply / baseline
+        )
+    };
     for &n in &sizes {
         let baseline = raw_insert_secs(n);
         table.push(Row {
@@ -431,6 +669,22 @@ async fn bench_main(args: Vec<String>) {
             baseline,
             extra: String::new(),
         });
+        let copy = pg_copy_secs(&server, n).await;
+        if let Some((secs, csv)) = copy {
+            copies.insert(n, secs);
+            table.push(Row {
+                what: "PostgreSQL COPY (server limit)".into(),
+                rows: n,
+                secs,
+                rss_kb: 0,
+                baseline,
+                extra: format!(
+                    "same rows, {} of CSV, into a table shaped like users",
+                    mb(csv)
+                ),
+            });
+        }
+        let csv = copy.map(|(_, csv)| csv);
 
         // Push: N captured rows in one bundle, sent in server-sized chunks.
         let user = fresh_user("bench-push");
@@ -451,7 +705,7 @@ async fn bench_main(args: Vec<String>) {
 
         // Rebuild: a fresh device hydrating those N rows from a snapshot.
         let fresh = Device::new(&server, &user);
-        let (secs, rss) = run_child("rebuild", &fresh.path, &proxy.url, &user).await;
+        let (secs, rss, apply) = run_child_timed("rebuild", &fresh.path, &proxy.url, &user).await;
         let (up, down) = proxy.take();
         table.push(Row {
             what: "snapshot rebuild (hydrate)".into(),
@@ -459,7 +713,7 @@ async fn bench_main(args: Vec<String>) {
             secs,
             rss_kb: rss,
             baseline,
-            extra: format!("wire: {} up, {} down", mb(up), mb(down)),
+            extra: format!("{}; {}", wire(csv, up, down), applied(apply, baseline)),
         });
         let fresh = Device::new(&server, &user);
         let (secs, rss, waits) = run_owned_child("rebuild", &fresh.path, &proxy.url, &user).await;
@@ -517,7 +771,7 @@ async fn bench_main(args: Vec<String>) {
             writer.conn.oversync().sync().await.expect("writer push");
         }
         proxy.take();
-        let (secs, rss) = run_child("pull", &reader.path, &proxy.url, &user).await;
+        let (secs, rss, apply) = run_child_timed("pull", &reader.path, &proxy.url, &user).await;
         let (up, down) = proxy.take();
         table.push(Row {
             what: "pull (1k-row bundles)".into(),
@@ -526,10 +780,10 @@ async fn bench_main(args: Vec<String>) {
             rss_kb: rss,
             baseline,
             extra: format!(
-                "{} bundles; wire: {} up, {} down",
+                "{} bundles; {}; {}",
                 n.div_ceil(1000),
-                mb(up),
-                mb(down)
+                wire(csv, up, down),
+                applied(apply, baseline)
             ),
         });
         let (secs, rss, waits) =
@@ -542,6 +796,49 @@ async fn bench_main(args: Vec<String>) {
             rss_kb: rss,
             baseline,
             extra: waits,
+        });
+
+        explain_pull(&server, &user, 10).await;
+
+        // Two devices writing alternately: each pull brings the other's rows, not its own.
+        let (syncs, per_sync, pulled, skipped, again) = two_writers(&server, n).await;
+        table.push(Row {
+            what: "two writers, alternating".into(),
+            rows: n,
+            secs: per_sync * syncs as f64,
+            rss_kb: 0,
+            baseline,
+            extra: format!(
+                "{syncs} syncs of {} rows each: {pulled:.0} rows pulled per sync (the other \
+                 device's), {skipped} own rows skipped, {again} own rows pulled again",
+                n / syncs
+            ),
+        });
+    }
+    // Hydrate right after a bulk push, each size on a fresh database.
+    let fresh_sizes: Vec<usize> = std::env::var("OVERSYNC_BENCH_HYDRATE_ROWS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| {
+            if under_cargo_bench() {
+                vec![10_000, 40_000]
+            } else {
+                vec![500]
+            }
+        });
+    for n in fresh_sizes {
+        let baseline = raw_insert_secs(n);
+        let (secs, rss, apply) = hydrate_after_push(n).await;
+        table.push(Row {
+            what: "hydrate after bulk push (new db)".into(),
+            rows: n,
+            secs,
+            rss_kb: rss,
+            baseline,
+            extra: format!(
+                "fresh database, no ANALYZE yet; {}",
+                applied(apply, baseline)
+            ),
         });
     }
     let (per_sec, total) = server_pushes_per_sec(&server).await;
@@ -558,13 +855,15 @@ async fn bench_main(args: Vec<String>) {
         "\nSync benchmark (one run; client ops in child processes; server + PostgreSQL on loopback)"
     );
     println!(
-        "machine: {} cores, MemTotal {} kB; baseline = Diesel insert_into(..).values(&row) per row, one transaction",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        mem_total
+        "machine: nproc {}, MemTotal {} kB, load average {} at start, {} at end; baseline = Diesel insert_into(..).values(&row) per row, one transaction",
+        nproc(),
+        mem_total,
+        load_at_start,
+        load_average()
     );
     println!(
-        "{:<30} {:>8} {:>10} {:>12} {:>10} {:>13}  notes",
-        "operation", "rows", "seconds", "rows/s", "peak RSS", "x raw insert"
+        "{:<34} {:>8} {:>10} {:>12} {:>10} {:>13} {:>10}  notes",
+        "operation", "rows", "seconds", "rows/s", "peak RSS", "x raw insert", "x PG COPY"
     );
     for r in &table {
         let rss = if r.rss_kb == 0 {
@@ -572,14 +871,18 @@ async fn bench_main(args: Vec<String>) {
         } else {
             format!("{:.0} MB", r.rss_kb as f64 / 1024.0)
         };
+        let copy = copies
+            .get(&r.rows)
+            .map_or("-".to_string(), |c| format!("{:.1}x", r.secs / c));
         println!(
-            "{:<30} {:>8} {:>10.2} {:>12.0} {:>10} {:>12.1}x  {}",
+            "{:<34} {:>8} {:>10.2} {:>12.0} {:>10} {:>12.1}x {:>10}  {}",
             r.what,
             r.rows,
             r.secs,
             r.rows as f64 / r.secs,
             rss,
             r.secs / r.baseline,
+            copy,
             r.extra
         );
     }

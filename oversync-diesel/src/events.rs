@@ -61,6 +61,16 @@ pub enum SyncEvent {
         /// The server's status, error code and message.
         error: String,
     },
+    /// The local part of a pull or a rebuild: how long validating and writing the server's
+    /// rows into SQLite took (network waits and response decoding excluded), at its end.
+    Applied {
+        /// [`Phase::Pull`] or [`Phase::Rebuild`].
+        phase: Phase,
+        /// Rows written.
+        rows: u64,
+        /// Time spent.
+        elapsed: Duration,
+    },
     /// Server data changed these tables locally: refresh views showing them.
     TablesChanged {
         /// Table names.

@@ -9,9 +9,11 @@ use crate::events::{Phase, SyncEvent};
 use crate::handle::Oversync;
 use crate::push::effect_from_wire;
 use crate::state;
+use crate::transport::{PullEachError, PullPart};
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
-use oversync_protocol::codes;
+use oversync_protocol::{Bundle, codes};
+use std::time::{Duration, Instant};
 
 /// What [`Oversync::pull_to_stable`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +61,7 @@ impl Oversync<'_> {
             return Ok(PullOutcome::BlockedByPendingChanges { pending_rows });
         }
         let transport = self.transport()?;
-        let max_bundles = self
+        let most_bundles = self
             .rt
             .limits
             .as_ref()
@@ -67,167 +69,320 @@ impl Oversync<'_> {
             .filter(|n| *n > 0)
             .unwrap_or(1000)
             .min(1000) as u32;
-        let (mut bundles_applied, mut rows_applied, mut own_rows_skipped) = (0u64, 0u64, 0u64);
-        let replayed = replayed_source_bundles(self.conn)?;
-        let mut target: Option<i64> = None;
-        let config = self.config;
-        // Rows whose local state is newer than a bundle (our own replayed bundle, a conflict
-        // resolution): bundles below this may lose a parent to `drop_superseded` and leave its
-        // child orphaned, in that bundle or a later one, so those bundles are checked.
-        let ahead = state::newest_row_version(self.conn)?;
+        let mut run = PullRun {
+            target: None,
+            last: 0,
+            bundles_applied: 0,
+            rows_applied: 0,
+            own_rows_skipped: 0,
+            replayed: replayed_source_bundles(self.conn)?,
+            ahead: state::newest_row_version(self.conn)?,
+            apply_time: Duration::ZERO,
+        };
+        let mut pages = PageSize::new(most_bundles);
         loop {
             let attachment = state::attachment_state(self.conn)?;
-            let mut last = attachment.last_bundle_seq_seen;
-            if target.is_some_and(|t| last >= t) {
+            run.last = attachment.last_bundle_seq_seen;
+            if run.target.is_some_and(|t| run.last >= t) {
                 break;
             }
-            let page = match transport
-                .pull(&attachment.current_source_id, last, max_bundles, target)
-                .await
-            {
-                Ok(page) => page,
-                Err(e) if e.code() == Some(codes::HISTORY_PRUNED) => {
+            let before = (run.last, run.rows_applied + run.own_rows_skipped);
+            let page = transport
+                .pull_each(
+                    &attachment.current_source_id,
+                    run.last,
+                    pages.next(),
+                    run.target,
+                    |part| match part {
+                        PullPart::Stable(stable) => run.ceiling(self.conn, stable),
+                        PullPart::Bundle(bundle) => self.apply_pulled(&mut run, bundle),
+                    },
+                )
+                .await;
+            let end = match page {
+                Ok(end) => end,
+                Err(PullEachError::Stopped(Stop::Blocked(pending_rows))) => {
+                    self.finish_pull(&run);
+                    return Ok(PullOutcome::BlockedByPendingChanges { pending_rows });
+                }
+                Err(PullEachError::Stopped(Stop::Failed(e))) => {
+                    self.finish_pull(&run);
+                    return Err(e);
+                }
+                Err(PullEachError::Transport(e)) if e.code() == Some(codes::HISTORY_PRUNED) => {
+                    self.finish_pull(&run);
                     // Behind the retained history: only a snapshot catches up. It is taken
                     // at the server's head, so it ends this pull whatever it holds; pulling
                     // on from it could be answered history_pruned again (a floor at the head
                     // prunes the head itself) and rebuild forever. It must reach both the
                     // local checkpoint and any ceiling this pull was promised.
-                    let required = target.unwrap_or(0).max(last);
-                    let caught_up = self.rebuild_after_pruned(required, Some(last)).await;
+                    let required = run.target.unwrap_or(0).max(run.last);
+                    let caught_up = self.rebuild_after_pruned(required, Some(run.last)).await;
                     if let Err(Error::ServerBehindCheckpoint { .. }) = &caught_up {
                         mark_rebuild_required(self.conn)?;
                     }
                     caught_up?;
-                    break;
+                    return self.pulled(&run);
                 }
-                Err(e) => return Err(self.server_error(e)),
+                Err(PullEachError::Transport(e)) => {
+                    self.finish_pull(&run);
+                    return Err(self.server_error(e));
+                }
             };
-            if page.stable_bundle_seq < last {
-                // The server lost bundles this database applied (restored from a backup,
-                // or reset). Only a snapshot brings the two back together; mark it so the
-                // next sync (or attach) rebuilds, and say so now rather than diverge.
-                mark_rebuild_required(self.conn)?;
-                return Err(Error::ServerBehindCheckpoint {
-                    stable: page.stable_bundle_seq,
-                    checkpoint: last,
-                });
-            }
-            let stable = *target.get_or_insert(page.stable_bundle_seq);
-            if page.stable_bundle_seq != stable {
-                return Err(invalid(format!(
-                    "stable_bundle_seq changed from {stable} to {} within one pull",
-                    page.stable_bundle_seq
-                )));
-            }
-            if page.bundles.is_empty() {
+            let stable = run.target.unwrap_or(end.stable_bundle_seq);
+            pages.observed(
+                run.last - before.0,
+                run.rows_applied + run.own_rows_skipped - before.1,
+                end.body_bytes,
+            );
+            if run.last == before.0 {
                 // Nothing after the checkpoint yet short of the ceiling: asking again would
                 // get the same page, so a server that does this would be pulled forever.
-                if last < stable {
+                if run.last < stable {
+                    self.finish_pull(&run);
                     return Err(invalid(format!(
-                        "pull page made no progress: no bundle after {last} below the stable ceiling {stable}"
+                        "pull page made no progress: no bundle after {} below the stable ceiling {stable}",
+                        run.last
                     )));
                 }
                 break;
             }
-            for bundle in page.bundles {
-                // Bundle sequences are contiguous per user: a gap or a reordering would move
-                // the checkpoint past a bundle never applied.
-                if bundle.bundle_seq != last + 1 || bundle.bundle_seq > stable {
-                    return Err(invalid(format!(
-                        "bundle {} is not the next after {last} (ceiling {stable})",
-                        bundle.bundle_seq
-                    )));
-                }
-                let seq = bundle.bundle_seq;
-                if replayed
-                    .get(&bundle.source_id)
-                    .is_some_and(|next| bundle.source_bundle_id < *next)
-                {
-                    // Our own bundle, already replayed: its rows are here (or overtaken by
-                    // local changes pushed since). Only the checkpoint moves.
-                    let advanced = in_apply_transaction(self.conn, |conn| {
-                        let pending_rows = state::pending_row_count(conn)?;
-                        if pending_rows > 0 {
-                            return Ok(Err(pending_rows));
-                        }
-                        advance_checkpoint(conn, seq)?;
-                        Ok(Ok(()))
-                    })?;
-                    if let Err(pending_rows) = advanced {
-                        return Ok(PullOutcome::BlockedByPendingChanges { pending_rows });
-                    }
-                    last = seq;
-                    bundles_applied += 1;
-                    own_rows_skipped += bundle.rows.len() as u64;
-                    continue;
-                }
-                let mut effects = Vec::with_capacity(bundle.rows.len());
-                for row in &bundle.rows {
-                    effects.push(effect_from_wire(
-                        config,
-                        &self.rt.uuid_refs,
-                        &row.schema,
-                        &row.table,
-                        &row.key,
-                        row.op,
-                        row.row_version,
-                        row.payload.as_ref(),
-                    )?);
-                }
-                let rows = effects.len() as u64;
-                let applied = in_apply_transaction(self.conn, |conn| {
-                    // Re-checked inside the transaction: the app (or another connection) may
-                    // have written while the page was downloading. That is the same state as
-                    // the check above: nothing is applied and the caller pushes first.
-                    let pending_rows = state::pending_row_count(conn)?;
-                    if pending_rows > 0 {
-                        return Ok(Err(pending_rows));
-                    }
-                    // Another connection (the watcher, say) may have applied it already.
-                    if state::attachment_state(conn)?.last_bundle_seq_seen >= seq {
-                        return Ok(Ok(Default::default()));
-                    }
-                    let all = effects.len();
-                    let effects = drop_superseded(conn, effects)?;
-                    let dropped = effects.len() < all;
-                    let upserted: std::collections::HashSet<String> = effects
-                        .iter()
-                        .filter(|e| e.values.is_some())
-                        .map(|e| e.spec.table_name.to_string())
-                        .collect();
-                    let changed = apply_effects(conn, effects, &Default::default())?;
-                    if dropped || seq < ahead {
-                        drop_orphans(conn, &upserted)?;
-                    }
-                    advance_checkpoint(conn, seq)?;
-                    Ok(Ok(changed))
-                })?;
-                let changed = match applied {
-                    Ok(changed) => changed,
-                    Err(pending_rows) => {
-                        return Ok(PullOutcome::BlockedByPendingChanges { pending_rows });
-                    }
-                };
-                self.tables_changed(changed);
-                last = seq;
-                bundles_applied += 1;
-                rows_applied += rows;
-                self.emit(SyncEvent::Progress {
-                    phase: Phase::Pull,
-                    done: rows_applied,
-                    total: None,
-                });
-            }
-            if !page.has_more && last >= stable {
+            if !end.has_more && run.last >= stable {
                 break;
             }
         }
+        self.finish_pull(&run);
+        self.pulled(&run)
+    }
+
+    /// The outcome of a pull that reached its ceiling.
+    fn pulled(&mut self, run: &PullRun) -> Result<PullOutcome> {
         Ok(PullOutcome::UpToDate {
-            bundles_applied,
-            rows_applied,
-            own_rows_skipped,
+            bundles_applied: run.bundles_applied,
+            rows_applied: run.rows_applied,
+            own_rows_skipped: run.own_rows_skipped,
             last_bundle_seq_seen: state::attachment_state(self.conn)?.last_bundle_seq_seen,
         })
+    }
+
+    /// Reports the local work of a pull (whatever ended it).
+    fn finish_pull(&self, run: &PullRun) {
+        if run.bundles_applied > 0 {
+            self.emit(SyncEvent::Applied {
+                phase: Phase::Pull,
+                rows: run.rows_applied,
+                elapsed: run.apply_time,
+            });
+        }
+    }
+
+    /// Applies one pulled bundle (or, for this device's own, moves the checkpoint over it)
+    /// in one transaction, as the answer streams in.
+    fn apply_pulled(&mut self, run: &mut PullRun, bundle: Bundle) -> Result<(), Stop> {
+        let started = Instant::now();
+        let last = run.last;
+        let stable = run
+            .target
+            .ok_or_else(|| invalid("bundle before stable_bundle_seq"))?;
+        // Bundle sequences are contiguous per user: a gap or a reordering would move
+        // the checkpoint past a bundle never applied.
+        if bundle.bundle_seq != last + 1 || bundle.bundle_seq > stable {
+            return Err(invalid(format!(
+                "bundle {} is not the next after {last} (ceiling {stable})",
+                bundle.bundle_seq
+            ))
+            .into());
+        }
+        let seq = bundle.bundle_seq;
+        if run
+            .replayed
+            .get(&bundle.source_id)
+            .is_some_and(|next| bundle.source_bundle_id < *next)
+        {
+            // Our own bundle, already replayed: its rows are here (or overtaken by
+            // local changes pushed since). Only the checkpoint moves.
+            in_apply_transaction(self.conn, |conn| {
+                let pending_rows = state::pending_row_count(conn)?;
+                if pending_rows > 0 {
+                    return Ok(Err(Stop::Blocked(pending_rows)));
+                }
+                advance_checkpoint(conn, seq)?;
+                Ok(Ok(()))
+            })??;
+            run.last = seq;
+            run.bundles_applied += 1;
+            run.own_rows_skipped += bundle.rows.len() as u64;
+            run.apply_time += started.elapsed();
+            return Ok(());
+        }
+        let config = self.config;
+        let mut effects = Vec::with_capacity(bundle.rows.len());
+        for row in &bundle.rows {
+            effects.push(effect_from_wire(
+                config,
+                &self.rt.uuid_refs,
+                &row.schema,
+                &row.table,
+                &row.key,
+                row.op,
+                row.row_version,
+                row.payload.as_ref(),
+            )?);
+        }
+        drop(bundle);
+        let rows = effects.len() as u64;
+        let ahead = run.ahead;
+        let changed = in_apply_transaction(self.conn, |conn| {
+            // Re-checked inside the transaction: the app (or another connection) may
+            // have written while the page was downloading. That is the same state as
+            // the check above: nothing is applied and the caller pushes first.
+            let pending_rows = state::pending_row_count(conn)?;
+            if pending_rows > 0 {
+                return Ok(Err(Stop::Blocked(pending_rows)));
+            }
+            // Another connection (the watcher, say) may have applied it already.
+            if state::attachment_state(conn)?.last_bundle_seq_seen >= seq {
+                return Ok(Ok(Default::default()));
+            }
+            let all = effects.len();
+            let effects = drop_superseded(conn, effects)?;
+            let dropped = effects.len() < all;
+            let upserted: std::collections::HashSet<String> = effects
+                .iter()
+                .filter(|e| e.values.is_some())
+                .map(|e| e.spec.table_name.to_string())
+                .collect();
+            let changed = apply_effects(conn, effects, &Default::default())?;
+            if dropped || seq < ahead {
+                drop_orphans(conn, &upserted)?;
+            }
+            advance_checkpoint(conn, seq)?;
+            Ok(Ok(changed))
+        })??;
+        run.apply_time += started.elapsed();
+        self.tables_changed(changed);
+        run.last = seq;
+        run.bundles_applied += 1;
+        run.rows_applied += rows;
+        self.emit(SyncEvent::Progress {
+            phase: Phase::Pull,
+            done: run.rows_applied,
+            total: None,
+        });
+        Ok(())
+    }
+}
+
+/// The state of one `pull_to_stable` across its pages.
+struct PullRun {
+    /// The stable ceiling the first answer fixed.
+    target: Option<i64>,
+    /// The checkpoint: the last bundle applied.
+    last: i64,
+    bundles_applied: u64,
+    rows_applied: u64,
+    own_rows_skipped: u64,
+    /// See [`replayed_source_bundles`].
+    replayed: std::collections::HashMap<String, i64>,
+    /// Rows whose local state is newer than a bundle (our own replayed bundle, a conflict
+    /// resolution): bundles below this may lose a parent to `drop_superseded` and leave its
+    /// child orphaned, in that bundle or a later one, so those bundles are checked.
+    ahead: i64,
+    /// Time spent validating and writing bundles locally (no network).
+    apply_time: Duration,
+}
+
+impl PullRun {
+    /// Checks an answer's `stable_bundle_seq` before any of its bundles is applied.
+    fn ceiling(&mut self, conn: &mut SqliteConnection, stable: i64) -> Result<(), Stop> {
+        if stable < self.last {
+            // The server lost bundles this database applied (restored from a backup,
+            // or reset). Only a snapshot brings the two back together; mark it so the
+            // next sync (or attach) rebuilds, and say so now rather than diverge.
+            mark_rebuild_required(conn)?;
+            return Err(Error::ServerBehindCheckpoint {
+                stable,
+                checkpoint: self.last,
+            }
+            .into());
+        }
+        let target = *self.target.get_or_insert(stable);
+        if stable != target {
+            return Err(invalid(format!(
+                "stable_bundle_seq changed from {target} to {stable} within one pull"
+            ))
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// Why applying a streamed page stopped.
+enum Stop {
+    /// Local changes wait to be pushed.
+    Blocked(u64),
+    Failed(Error),
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+impl From<diesel::result::Error> for Stop {
+    fn from(e: diesel::result::Error) -> Self {
+        Stop::Failed(e.into())
+    }
+}
+
+/// How many bundles to ask for per page: a page is bounded by rows and bytes, not only by
+/// bundles, so a server never builds (and one answer never carries) 1,000 bundles of 1,000
+/// rows. The first page asks for a few bundles; later pages are sized from the rows and
+/// bytes per bundle seen so far. (The client decodes and applies as the body streams, so its
+/// own memory does not depend on the page; the server's and the answer's size do.)
+struct PageSize {
+    most: u32,
+    bundles: u64,
+    rows: u64,
+    bytes: u64,
+}
+
+/// Rows one page aims at.
+const PAGE_ROWS: u64 = 10_000;
+/// Body bytes one page aims at.
+const PAGE_BYTES: u64 = 4 << 20;
+/// Bundles the first page asks for, before the rows per bundle are known.
+const FIRST_PAGE_BUNDLES: u32 = 16;
+
+impl PageSize {
+    fn new(most: u32) -> Self {
+        PageSize {
+            most: most.max(1),
+            bundles: 0,
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
+    fn next(&self) -> u32 {
+        if self.bundles == 0 {
+            return FIRST_PAGE_BUNDLES.min(self.most);
+        }
+        let rows_per_bundle = self.rows.div_ceil(self.bundles).max(1);
+        let bytes_per_bundle = self.bytes.div_ceil(self.bundles).max(1);
+        (PAGE_ROWS / rows_per_bundle)
+            .min(PAGE_BYTES / bytes_per_bundle)
+            .clamp(1, u64::from(self.most)) as u32
+    }
+
+    /// Counts a page of `bundles` bundles, `rows` rows and `bytes` bytes.
+    fn observed(&mut self, bundles: i64, rows: u64, bytes: u64) {
+        if bundles > 0 {
+            self.bundles += bundles as u64;
+            self.rows += rows;
+            self.bytes += bytes;
+        }
     }
 }
 

@@ -250,6 +250,8 @@ impl Oversync<'_> {
         let mut after = 0i64;
         let mut staged = 0u64;
         let mut peak = 0u64;
+        // Time spent validating and writing rows locally (the rest waits on the network).
+        let mut local_time = std::time::Duration::ZERO;
         loop {
             let chunk = transport
                 .snapshot_chunk(source, &session.snapshot_id, after, page)
@@ -278,6 +280,7 @@ impl Oversync<'_> {
                     "snapshot announced {total} rows but sent more"
                 )));
             }
+            let local = std::time::Instant::now();
             // Validate before staging so a hostile row never reaches the swap.
             for row in &chunk.rows {
                 effect_from_wire(
@@ -321,6 +324,7 @@ impl Oversync<'_> {
                     other => other.into(),
                 })?;
             }
+            local_time += local.elapsed();
             staged += chunk.rows.len() as u64;
             peak = peak.max(chunk.rows.len() as u64);
             self.emit(SyncEvent::Progress {
@@ -348,6 +352,7 @@ impl Oversync<'_> {
         let refs = &self.rt.uuid_refs;
         let snapshot_id = session.snapshot_id.clone();
         let seq = session.snapshot_bundle_seq;
+        let swap = std::time::Instant::now();
         let (changed, apply_peak, replaced) = in_apply_transaction(self.conn, |conn| {
             let mut apply_peak = 0u64;
             // Read in the swap transaction, so they are exactly the rows it drops.
@@ -422,6 +427,11 @@ impl Oversync<'_> {
                 config.tables().iter().map(|t| t.table_name).collect();
             Ok((changed, apply_peak, replaced))
         })?;
+        self.emit(SyncEvent::Applied {
+            phase: Phase::Rebuild,
+            rows: staged,
+            elapsed: local_time + swap.elapsed(),
+        });
         self.tables_changed(changed);
         let report = RebuildReport {
             snapshot_bundle_seq: seq,

@@ -9,12 +9,14 @@
 
 mod auth;
 mod error;
+mod pull_body;
 mod retry;
 pub(crate) use retry::jittered_backoff;
 mod watch;
 
 pub use auth::{AuthError, StaticToken, TokenFuture, TokenProvider, token_fn};
 pub use error::TransportError;
+pub use pull_body::{PullBodyDecoder, PullEachError, PullPageEnd, PullPart};
 pub use retry::TransportConfig;
 pub use watch::{WatchEvent, WatchStream};
 
@@ -115,7 +117,9 @@ struct Call<'a> {
     endpoint: String,
     source_id: &'a str,
     body: Option<Vec<u8>>,
-    stream: bool,
+    /// `Some(accept)`: hand back the open response (`Accept: accept`) and leave its body to
+    /// the caller, which bounds the reading itself.
+    stream: Option<&'static str>,
     /// Limit of one attempt.
     timeout: Duration,
     /// Whether a timed-out attempt is retried.
@@ -346,6 +350,90 @@ impl Transport {
         self.json(Method::GET, url, source_id, None::<&()>).await
     }
 
+    /// `GET /sync/pull` like [`Transport::pull`], decoded as the body arrives: `on_part` gets
+    /// the answer's `stable_bundle_seq` first, then each complete bundle in order, so the
+    /// page is never held whole. Returns the answer's end (`stable_bundle_seq`, `has_more`).
+    ///
+    /// A body cut short (a network failure or a timeout while reading it) is asked for again
+    /// from the last bundle `on_part` accepted, with the `stable_bundle_seq` it was given as
+    /// `target_bundle_seq`, under the same retry policy as any call (a retry that follows
+    /// accepted bundles starts the count again). The request timeout bounds the time spent
+    /// waiting on the network, not the time spent in `on_part`.
+    ///
+    /// # Errors
+    ///
+    /// [`PullEachError::Transport`] as for any call (a body that is not a pull answer is a
+    /// [`TransportError::Decode`]); [`PullEachError::Stopped`] with what `on_part` returned.
+    pub async fn pull_each<E>(
+        &self,
+        source_id: &str,
+        after_bundle_seq: i64,
+        max_bundles: u32,
+        target_bundle_seq: Option<i64>,
+        mut on_part: impl FnMut(PullPart) -> Result<(), E>,
+    ) -> Result<PullPageEnd, PullEachError<E>> {
+        let (mut after, mut target) = (after_bundle_seq, target_bundle_seq);
+        let mut retries = 0u32;
+        let timeout = self.inner.config.request_timeout;
+        loop {
+            let mut query = vec![
+                ("after_bundle_seq", after.to_string()),
+                ("max_bundles", max_bundles.to_string()),
+            ];
+            if let Some(target) = target {
+                query.push(("target_bundle_seq", target.to_string()));
+            }
+            let url = self.url(&["sync", "pull"], &query);
+            let endpoint = format!("GET {}", url.path());
+            let call = Call {
+                method: Method::GET,
+                url,
+                endpoint: endpoint.clone(),
+                source_id,
+                body: None,
+                stream: Some("application/json"),
+                timeout,
+                retry_timeouts: true,
+            };
+            let Answer::Stream(response) =
+                self.execute(call).await.map_err(PullEachError::Transport)?
+            else {
+                return Err(PullEachError::Transport(TransportError::Decode {
+                    endpoint,
+                    message: "no body".into(),
+                }));
+            };
+            let mut accepted = false;
+            let read = read_pull_body(response, &endpoint, timeout, &mut |part| {
+                let (stable, seq) = match &part {
+                    PullPart::Stable(stable) => (Some(*stable), None),
+                    PullPart::Bundle(bundle) => (None, Some(bundle.bundle_seq)),
+                };
+                on_part(part)?;
+                target = stable.or(target);
+                if let Some(seq) = seq {
+                    after = seq;
+                    accepted = true;
+                }
+                Ok(())
+            })
+            .await;
+            let failure = match read {
+                Ok(end) => return Ok(end),
+                Err(PullEachError::Transport(e))
+                    if e.is_retryable()
+                        && (accepted || retries < self.inner.config.max_retries) =>
+                {
+                    e
+                }
+                Err(other) => return Err(other),
+            };
+            retries = if accepted { 1 } else { retries + 1 };
+            let delay = self.announce_retry(&endpoint, retries, &failure);
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     /// `POST /sync/snapshot-sessions` (with `source_replacement` for a rotated rebuild).
     ///
     /// The server copies the whole snapshot before it answers, so one attempt may take
@@ -371,7 +459,7 @@ impl Transport {
             endpoint: endpoint.clone(),
             source_id,
             body: Some(body),
-            stream: false,
+            stream: None,
             timeout: self
                 .inner
                 .config
@@ -436,7 +524,7 @@ impl Transport {
             url,
             source_id,
             body: None,
-            stream: true,
+            stream: Some("text/event-stream"),
             timeout: self.inner.config.request_timeout,
             retry_timeouts: true,
         };
@@ -514,7 +602,7 @@ impl Transport {
             url,
             source_id,
             body,
-            stream: false,
+            stream: None,
             timeout: self.inner.config.request_timeout,
             retry_timeouts: true,
         };
@@ -593,33 +681,35 @@ impl Transport {
                         && (call.retry_timeouts || !e.is_timeout()) =>
                 {
                     retries += 1;
-                    let delay = retry::backoff(&inner.config, retries);
-                    tracing::warn!(
-                        endpoint = %call.endpoint,
-                        attempt,
-                        retry = retries,
-                        ?delay,
-                        error = %e,
-                        "oversync request failed; retrying"
-                    );
-                    let observers = inner
-                        .retry_observers
-                        .read()
-                        .map(|o| o.clone())
-                        .unwrap_or_default();
-                    for observer in observers {
-                        observer(&RetryNotice {
-                            endpoint: &call.endpoint,
-                            retry: retries,
-                            delay,
-                            error: &e,
-                        });
-                    }
+                    tracing::debug!(attempt, "attempt failed");
+                    let delay = self.announce_retry(&call.endpoint, retries, &e);
                     tokio::time::sleep(delay).await;
                 }
                 other => return other,
             }
         }
+    }
+
+    /// Logs retry number `retry` of `endpoint`, tells the retry observers, and returns the
+    /// backoff to wait before it.
+    fn announce_retry(&self, endpoint: &str, retry: u32, error: &TransportError) -> Duration {
+        let delay = retry::backoff(&self.inner.config, retry);
+        tracing::warn!(endpoint, retry, ?delay, %error, "oversync request failed; retrying");
+        let observers = self
+            .inner
+            .retry_observers
+            .read()
+            .map(|o| o.clone())
+            .unwrap_or_default();
+        for observer in observers {
+            observer(&RetryNotice {
+                endpoint,
+                retry,
+                delay,
+                error,
+            });
+        }
+        delay
     }
 
     /// One attempt, bounded by the request timeout.
@@ -641,8 +731,8 @@ impl Transport {
             .request(call.method.clone(), call.url.clone())
             .header(AUTHORIZATION, authorization)
             .header(SOURCE_ID_HEADER, source);
-        if call.stream {
-            request = request.header(ACCEPT, "text/event-stream");
+        if let Some(accept) = call.stream {
+            request = request.header(ACCEPT, accept);
         } else {
             request = request.timeout(timeout).header(ACCEPT, "application/json");
         }
@@ -689,7 +779,7 @@ impl Transport {
             }
             return Err(error);
         }
-        if call.stream {
+        if call.stream.is_some() {
             return Ok(Answer::Stream(response));
         }
         match tokio::time::timeout_at(deadline, read_body(response, usize::MAX)).await {
@@ -706,6 +796,57 @@ fn decode<T: DeserializeOwned>(endpoint: String, bytes: &[u8]) -> Result<T, Tran
         message: format!("{e}; body starts {}", preview(bytes, 200)),
         endpoint,
     })
+}
+
+/// Reads a pull answer as it arrives, handing each part to `on_part`. `timeout` bounds the
+/// waiting on the network only: time spent in `on_part` moves the deadline.
+async fn read_pull_body<E>(
+    mut response: reqwest::Response,
+    endpoint: &str,
+    timeout: Duration,
+    on_part: &mut impl FnMut(PullPart) -> Result<(), E>,
+) -> Result<PullPageEnd, PullEachError<E>> {
+    let decode = |message: String| {
+        PullEachError::Transport(TransportError::Decode {
+            endpoint: endpoint.to_owned(),
+            message,
+        })
+    };
+    let mut deadline = Instant::now() + timeout;
+    let mut decoder = PullBodyDecoder::new();
+    let mut parts = Vec::new();
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, response.chunk()).await {
+            Err(_) => {
+                return Err(PullEachError::Transport(TransportError::Network {
+                    message: format!("{endpoint} timed out after {timeout:?}"),
+                    timed_out: true,
+                }));
+            }
+            Ok(Err(e)) => {
+                return Err(PullEachError::Transport(network(
+                    endpoint,
+                    "reading the answer of",
+                    &e,
+                )));
+            }
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(chunk))) => chunk,
+        };
+        decoder.feed(&chunk, &mut parts).map_err(decode)?;
+        if !parts.is_empty() {
+            let started = Instant::now();
+            for part in parts.drain(..) {
+                on_part(part).map_err(PullEachError::Stopped)?;
+            }
+            deadline += started.elapsed();
+        }
+    }
+    let end = decoder.finish(&mut parts).map_err(decode)?;
+    for part in parts {
+        on_part(part).map_err(PullEachError::Stopped)?;
+    }
+    Ok(end)
 }
 
 /// Reads up to `limit` bytes of a body; returns what was read and the error that cut it short.

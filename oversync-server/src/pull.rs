@@ -60,7 +60,7 @@ impl SyncService {
         }
         let metas = tx
             .query(
-                "SELECT bundle_seq, source_id, source_bundle_id, row_count, bundle_hash
+                "SELECT bundle_seq, source_id, source_bundle_id, row_count, bundle_hash, byte_count
                  FROM sync.bundle_log
                  WHERE user_pk = $1 AND bundle_seq > GREATEST($2::int8, $5::int8) AND bundle_seq <= $3
                  ORDER BY bundle_seq LIMIT $4",
@@ -73,8 +73,14 @@ impl SyncService {
                 ],
             )
             .await?;
-        let has_more = metas.len() as i64 > max_bundles;
-        let metas = &metas[..metas.len().min(max_bundles as usize)];
+        let take = page_len(
+            metas
+                .iter()
+                .take(max_bundles as usize)
+                .map(|m| (m.get::<_, i64>(3), m.get::<_, i64>(5))),
+        );
+        let has_more = metas.len() > take;
+        let metas = &metas[..take];
         let mut bundles: Vec<Bundle> = metas
             .iter()
             .map(|m| Bundle {
@@ -112,6 +118,28 @@ impl SyncService {
             has_more,
         })
     }
+}
+
+/// Rows one pull page holds at most (unless its first bundle alone is larger).
+const PAGE_ROWS: i64 = 10_000;
+/// Payload bytes one pull page holds at most (unless its first bundle alone is larger).
+const PAGE_BYTES: i64 = 8 << 20;
+
+/// How many of the bundles `(row_count, byte_count)` go in one page: whole bundles up to
+/// [`PAGE_ROWS`] and [`PAGE_BYTES`], at least one. The page is built in memory and sent
+/// whole, so `max_bundles` alone (1,000 bundles of 1,000 rows: a million rows) does not
+/// bound it; a shorter page says `has_more` and the client asks again.
+fn page_len(bundles: impl Iterator<Item = (i64, i64)>) -> usize {
+    let (mut rows, mut bytes, mut taken) = (0i64, 0i64, 0usize);
+    for (row_count, byte_count) in bundles {
+        rows += row_count;
+        bytes += byte_count;
+        if taken > 0 && (rows > PAGE_ROWS || bytes > PAGE_BYTES) {
+            break;
+        }
+        taken += 1;
+    }
+    taken
 }
 
 pub(crate) async fn pull(
@@ -153,4 +181,18 @@ pub(crate) async fn pull(
         .metrics
         .pull_rows(resp.bundles.iter().map(|b| b.rows.len()).sum());
     Ok(Json(resp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_is_bounded_by_rows_and_bytes_but_holds_one_bundle_at_least() {
+        assert_eq!(page_len(std::iter::repeat_n((1_000, 300_000), 1_000)), 10);
+        assert_eq!(page_len(std::iter::repeat_n((1, 3 << 20), 10)), 2);
+        assert_eq!(page_len(std::iter::once((100_000, 30 << 20))), 1);
+        assert_eq!(page_len(std::iter::repeat_n((1, 300), 1_000)), 1_000);
+        assert_eq!(page_len(std::iter::empty()), 0);
+    }
 }
