@@ -73,8 +73,8 @@ pub enum Error {
         attach_hint(.others_can_attach_within)
     )]
     SeedPushRejected {
-        /// The server's answer.
-        error: crate::transport::TransportError,
+        /// The server's answer (boxed: it is large, and rare).
+        error: Box<crate::transport::TransportError>,
         /// The latest moment other devices can attach, from now: the server's
         /// `initialization_lease_ttl_seconds`, as every seed request renews the lease.
         others_can_attach_within: Option<std::time::Duration>,

@@ -658,7 +658,7 @@ impl Oversync<'_> {
             .map(|s| std::time::Duration::from_secs(s as u64));
         match error {
             Error::Transport(error) => Err(Error::SeedPushRejected {
-                error,
+                error: Box::new(error),
                 others_can_attach_within,
             }),
             other => Err(other),
