@@ -1,6 +1,6 @@
 //! The shape of a real async app (a Tauri, axum or desktop app) on oversync: the sync engine
 //! behind an owned `SyncClient`, a background sync task, UI reads and writes through a small
-//! pool of configured connections, a status endpoint, events driving a refresh and more
+//! r2d2 pool of configured connections, a status endpoint, events driving a refresh and more
 //! syncs, and a clean shutdown.
 //!
 //! ```text
@@ -14,13 +14,15 @@
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool};
 use oversync_diesel::transport::{AuthError, TokenProvider, Transport, token_fn};
 use oversync_diesel::{
-    OversyncConfig, OversyncConnection, SyncClient, SyncEvent, SyncTable, WatchOptions,
+    AppConnectionCustomizer, OversyncConfig, OversyncConnection, SyncClient, SyncEvent, SyncTable,
+    WatchOptions,
 };
 use serde::Deserialize;
 use std::error::Error;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, broadcast::error::RecvError, watch};
 
@@ -86,38 +88,31 @@ fn sign_in(server: &str, user: &str) -> impl TokenProvider + use<> {
 }
 
 // ---------------------------------------------------------------------------------------
-// UI database access: a tiny pool of connections configured for use beside the engine
-// (WAL, busy timeout, foreign keys). Queries run on the blocking pool, never on a runtime
-// worker. An app with r2d2 calls `configure_connection` from its `CustomizeConnection`.
+// UI database access: an r2d2 pool whose connections `AppConnectionCustomizer` configures
+// for use beside the engine (WAL, busy timeout, foreign keys), so a UI write waits for the
+// engine's transaction instead of failing with `database is locked`. Queries run on the
+// blocking pool, never on a runtime worker.
 
 #[derive(Clone)]
-struct Pool {
-    path: String,
-    idle: Arc<Mutex<Vec<SqliteConnection>>>,
-}
+struct Db(Pool<ConnectionManager<SqliteConnection>>);
 
-impl Pool {
-    fn new(path: &str) -> Pool {
-        Pool {
-            path: path.to_string(),
-            idle: Arc::default(),
-        }
+impl Db {
+    fn open(path: &str) -> Result<Db> {
+        let pool = Pool::builder()
+            .max_size(4)
+            .connection_customizer(Box::new(AppConnectionCustomizer))
+            .build(ConnectionManager::new(path))?;
+        Ok(Db(pool))
     }
 
     async fn run<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut SqliteConnection) -> QueryResult<R> + Send + 'static,
     ) -> Result<R> {
-        let pool = self.clone();
+        let pool = self.0.clone();
         tokio::task::spawn_blocking(move || {
-            let idle = pool.idle.lock().map_err(|_| "pool poisoned")?.pop();
-            let mut conn = match idle {
-                Some(conn) => conn,
-                None => oversync_diesel::establish_app_connection(&pool.path)?,
-            };
-            let result = f(&mut conn)?;
-            pool.idle.lock().map_err(|_| "pool poisoned")?.push(conn);
-            Ok(result)
+            let mut conn = pool.get()?;
+            Ok(f(&mut conn)?)
         })
         .await?
     }
@@ -129,7 +124,7 @@ impl Pool {
 #[derive(Clone)]
 struct App {
     sync: SyncClient,
-    db: Pool,
+    db: Db,
     /// Wakes the background sync (after a UI write, or when the server has news).
     nudge: Arc<Notify>,
 }
@@ -153,7 +148,7 @@ impl App {
         }
         Ok(App {
             sync,
-            db: Pool::new(path),
+            db: Db::open(path)?,
             nudge: Arc::new(Notify::new()),
         })
     }

@@ -1,12 +1,15 @@
-//! App connections configured by `oversync_diesel::establish_app_connection` never fail with
+//! App connections configured by `oversync_diesel::establish_app_connection`, or taken from a
+//! Diesel r2d2 pool with `oversync_diesel::AppConnectionCustomizer`, never fail with
 //! `database is locked` while the engine pushes, pulls and rebuilds behind a `SyncClient`:
 //! two writer threads hammer inserts and updates through such connections during each phase,
 //! and at the end every write they committed is on a fresh device with its last value.
 
 use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 use oversync_e2e::schema::users;
 use oversync_e2e::*;
 use std::collections::BTreeMap;
+use std::ops::DerefMut;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -30,10 +33,35 @@ fn insert_users(conn: &mut SqliteConnection, prefix: &str, n: usize) {
     .expect("seed rows");
 }
 
+/// Where a writer takes its connection for each write.
+trait Connections: Send + 'static {
+    /// A connection for one write.
+    fn conn(&mut self) -> impl DerefMut<Target = SqliteConnection>;
+}
+
+/// One configured connection, kept open.
+struct Own(SqliteConnection);
+
+impl Connections for Own {
+    fn conn(&mut self) -> impl DerefMut<Target = SqliteConnection> {
+        &mut self.0
+    }
+}
+
+/// A connection from the pool per write, returned after it.
+struct Pooled(Pool<ConnectionManager<SqliteConnection>>);
+
+impl Connections for Pooled {
+    fn conn(&mut self) -> impl DerefMut<Target = SqliteConnection> {
+        let conn: PooledConnection<_> = self.0.get().expect("a pooled connection");
+        conn
+    }
+}
+
 /// Inserts a row or renames one of its own rows, one statement at a time, until told to
 /// stop; returns the writes the database refused (every one is reported).
 fn spawn_writer(
-    mut conn: SqliteConnection,
+    mut conns: impl Connections,
     tag: &'static str,
     stop: Arc<AtomicBool>,
     committed: Committed,
@@ -49,7 +77,7 @@ fn spawn_writer(
                 let name = format!("{tag}-renamed-{round}");
                 diesel::update(users::table.find(&id))
                     .set(users::name.eq(&name))
-                    .execute(&mut conn)
+                    .execute(&mut *conns.conn())
                     .map(|n| (n == 1).then_some((id, name)))
             } else {
                 let id = new_id();
@@ -60,7 +88,7 @@ fn spawn_writer(
                         users::name.eq(&name),
                         users::email.eq(format!("{id}@example.com")),
                     ))
-                    .execute(&mut conn)
+                    .execute(&mut *conns.conn())
                     .map(|_| Some((id, name)))
             };
             match result {
@@ -82,6 +110,29 @@ fn spawn_writer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_app_connections_never_fail_during_push_pull_and_rebuild() {
+    hammer_during_push_pull_and_rebuild(|a| [Own(a.app_connection()), Own(a.app_connection())])
+        .await;
+}
+
+/// The same through an r2d2 pool of two connections configured by its customizer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r2d2_pool_with_the_customizer_never_fails_during_push_pull_and_rebuild() {
+    hammer_during_push_pull_and_rebuild(|a| {
+        let pool = Pool::builder()
+            .max_size(2)
+            .connection_customizer(Box::new(oversync_diesel::AppConnectionCustomizer))
+            .build(ConnectionManager::<SqliteConnection>::new(
+                a.path.to_str().expect("utf-8 path"),
+            ))
+            .expect("pool");
+        [Pooled(pool.clone()), Pooled(pool)]
+    })
+    .await;
+}
+
+async fn hammer_during_push_pull_and_rebuild<C: Connections>(
+    writers: impl FnOnce(&ClientDevice) -> [C; 2],
+) {
     let server = Server::start().await;
     let name = fresh_user("app-conns");
     let mut a = Device::new(&server, &name);
@@ -94,9 +145,10 @@ async fn configured_app_connections_never_fail_during_push_pull_and_rebuild() {
     insert_users(&mut seed, "device-a", 3000);
     let committed: Committed = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
+    let [c1, c2] = writers(&a);
     let writers = [
-        spawn_writer(a.app_connection(), "w1", stop.clone(), committed.clone()),
-        spawn_writer(a.app_connection(), "w2", stop.clone(), committed.clone()),
+        spawn_writer(c1, "w1", stop.clone(), committed.clone()),
+        spawn_writer(c2, "w2", stop.clone(), committed.clone()),
     ];
 
     let mut sync_errors = Vec::new();

@@ -162,3 +162,9 @@ CREATE TABLE IF NOT EXISTS _sync_quarantine (
     quarantined_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     UNIQUE (schema_name, table_name, key_json)
 );
+
+-- ---- status counts (appended) ----
+-- `pending_sync_status()` counts the dirty set beside a running sync, on a connection whose
+-- page cache every commit of the engine invalidates. COUNT(*) walks the table's smallest
+-- b-tree: this one holds about 10 bytes a row, a sixth of the key index it used before.
+CREATE INDEX IF NOT EXISTS _sync_dirty_rows_count ON _sync_dirty_rows(dirty_ordinal);

@@ -24,7 +24,7 @@ pub const BUSY_TIMEOUT_MS: u32 = 30_000;
 /// SQLite keep a statement journal; a file-backed one costs page writes per row).
 ///
 /// Run it on every connection the app opens to the database (UI, request handlers, pool
-/// members). With Diesel's r2d2 pool, call it from a `CustomizeConnection::on_acquire`.
+/// members). With Diesel's r2d2 pool, use [`AppConnectionCustomizer`] (feature `r2d2`).
 /// Inside the app's own transactions, prefer `immediate_transaction` for one that reads and
 /// then writes: a deferred one that upgrades to a write after another connection committed
 /// fails with `database is locked` without waiting (SQLite cannot wait it out safely).
@@ -39,12 +39,50 @@ pub const BUSY_TIMEOUT_MS: u32 = 30_000;
 /// # Ok(()) }
 /// ```
 pub fn configure_connection(conn: &mut SqliteConnection) -> Result<()> {
+    Ok(set_pragmas(conn)?)
+}
+
+fn set_pragmas(conn: &mut SqliteConnection) -> diesel::QueryResult<()> {
     // The busy timeout first: switching to WAL needs a lock another connection may hold.
     conn.batch_execute(&format!(
         "PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}; PRAGMA foreign_keys = ON; \
          PRAGMA temp_store = MEMORY; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
-    ))?;
-    Ok(())
+    ))
+}
+
+/// A Diesel r2d2 connection customizer running [`configure_connection`] on every connection
+/// the pool opens, so pool members wait for the engine's transactions instead of failing with
+/// `database is locked` (feature `r2d2`, off by default).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use diesel::SqliteConnection;
+/// use diesel::r2d2::{ConnectionManager, Pool};
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("app.db");
+/// # let path = path.to_str().unwrap();
+/// let pool = Pool::builder()
+///     .max_size(4)
+///     .connection_customizer(Box::new(oversync_diesel::AppConnectionCustomizer))
+///     .build(ConnectionManager::<SqliteConnection>::new(path))?;
+/// let mut ui = pool.get()?; // WAL, busy timeout, foreign keys
+/// # let _ = &mut ui;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "r2d2")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppConnectionCustomizer;
+
+#[cfg(feature = "r2d2")]
+impl diesel::r2d2::CustomizeConnection<SqliteConnection, diesel::r2d2::Error>
+    for AppConnectionCustomizer
+{
+    fn on_acquire(
+        &self,
+        conn: &mut SqliteConnection,
+    ) -> std::result::Result<(), diesel::r2d2::Error> {
+        set_pragmas(conn).map_err(diesel::r2d2::Error::QueryError)
+    }
 }
 
 /// Opens a connection to `database_url` configured by [`configure_connection`].

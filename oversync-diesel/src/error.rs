@@ -61,6 +61,33 @@ pub enum Error {
         /// Every `schema.table` the server reported.
         served: Vec<String>,
     },
+    /// The server refused this device's seed push (its first push to the account, carrying
+    /// the initialization lease `attach` answered `SeededFromLocal` with) for a reason no row
+    /// can be set aside for (rows the server refuses are quarantined instead, and the rest
+    /// seeds the account). Nothing local is lost: the rows stay pending. Other devices of the
+    /// account get `AttachOutcome::RetryLater` until the lease ends: at once on a server that
+    /// gives the lease up after a refused seed push (ours does), else within
+    /// `others_can_attach_within` (the server's lease lifetime, when it reports one).
+    #[error(
+        "the server refused this device's seed push of the account ({error}); other devices of the account can attach {}",
+        attach_hint(.others_can_attach_within)
+    )]
+    SeedPushRejected {
+        /// The server's answer (boxed: it is large, and rare).
+        error: Box<crate::transport::TransportError>,
+        /// The latest moment other devices can attach, from now: the server's
+        /// `initialization_lease_ttl_seconds`, as every seed request renews the lease.
+        others_can_attach_within: Option<std::time::Duration>,
+    },
+    /// Another device of the account is initializing it (uploading its own local rows), so
+    /// this device's rows wait: the lease this device's seed push carried was gone (expired
+    /// while offline, or given up by the server after a refused seed push) and another device
+    /// holds the new one. Sync again after `retry_after`; local rows are kept.
+    #[error("another device is initializing this account: sync again in {} s", .retry_after.as_secs())]
+    AccountInitializing {
+        /// When to try again (the other device's lease end, as the server suggests).
+        retry_after: std::time::Duration,
+    },
     /// The server (or the network) failed; local intent is kept and the call can be retried.
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
@@ -213,8 +240,21 @@ impl Error {
         match self {
             Error::Transport(e) => e.is_retryable(),
             Error::Database(e) => is_busy(e),
+            Error::AccountInitializing { .. } => true,
             _ => false,
         }
+    }
+}
+
+/// When other devices can attach after a refused seed push ([`Error::SeedPushRejected`]).
+fn attach_hint(within: &Option<std::time::Duration>) -> String {
+    let released = "at once if the server gives refused leases up (oversync-server does)";
+    match within {
+        Some(d) => format!(
+            "{released}, else within {} s (the server's initialization lease lifetime)",
+            d.as_secs()
+        ),
+        None => format!("{released}, else when the server's initialization lease ends"),
     }
 }
 

@@ -79,6 +79,7 @@ mod error;
 mod events;
 mod handle;
 mod lifecycle;
+mod metadata;
 pub mod migrations;
 mod order;
 mod pull;
@@ -95,6 +96,8 @@ pub mod types;
 mod validate;
 mod watch;
 
+#[cfg(feature = "r2d2")]
+pub use app_connection::AppConnectionCustomizer;
 pub use app_connection::{BUSY_TIMEOUT_MS, configure_connection, establish_app_connection};
 pub use client::SyncClient;
 pub use config::OversyncConfig;

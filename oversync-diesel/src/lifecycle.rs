@@ -4,6 +4,7 @@ use crate::config::OversyncConfig;
 use crate::error::{Error, Result};
 use crate::handle::Oversync;
 use crate::state;
+use crate::transport::TransportError;
 use crate::validate::{METADATA_TABLES, validate};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -28,9 +29,15 @@ impl Oversync<'_> {
     /// migrations, then creates and persists the source id on first run. Idempotent; call it
     /// on every launch. Local writes are captured from the moment the migrations ran.
     ///
+    /// First it upgrades `_sync_*` metadata written by an older release's copy of the
+    /// metadata migration to this release's (adding what it lacks, in one transaction; see
+    /// "Upgrading oversync-diesel" in docs/your-app.md), so an app never edits that copy.
+    ///
     /// Fails with a [`SchemaError`](crate::SchemaError) naming the table and column when the
-    /// database does not match; in that case no `_sync_*` state is changed.
+    /// database does not match; in that case no `_sync_*` state is changed (beyond that
+    /// metadata upgrade, which is kept).
     pub fn open(&mut self) -> Result<OpenReport> {
+        crate::metadata::upgrade(self.conn)?;
         let (uuid_refs, push_order) = validate(self.conn, self.config)?;
         let schema = self.config.schema().to_string();
         let report = self.conn.immediate_transaction(|conn| -> Result<OpenReport> {
@@ -611,6 +618,104 @@ fn bind_user(
     .bind::<diesel::sql_types::Integer, _>(i32::from(rebuild_required))
     .execute(conn)?;
     Ok(())
+}
+
+/// The seed push: the first push of an account, carrying the initialization lease that
+/// `attach` got with `SeededFromLocal`. Rows the server refuses are quarantined by the push
+/// and the rest seeds the account; what is left here is the lease itself.
+impl Oversync<'_> {
+    /// A seed push failed with `error`. When the lease is gone (it expired while the device
+    /// was offline, or the server gave it up after refusing a seed row, as ours does so other
+    /// devices need not wait for it), the account is asked again and `Ok` means push again;
+    /// a contract error is [`Error::SeedPushRejected`], saying when other devices can attach;
+    /// anything else (network, 5xx, auth) is returned as it is. `renewals` counts the
+    /// renewals since the last answered upload: a server losing every new lease at once is
+    /// answered with its error after two.
+    pub(crate) async fn seed_push_failed(
+        &mut self,
+        error: Error,
+        renewals: &mut u32,
+    ) -> Result<()> {
+        use oversync_protocol::codes;
+        let Error::Transport(TransportError::Server { status, code, .. }) = &error else {
+            return Err(error);
+        };
+        let lease_gone =
+            code == codes::INITIALIZATION_EXPIRED || code == codes::INITIALIZATION_STALE;
+        if lease_gone && *renewals < 2 {
+            *renewals += 1;
+            return self.renew_initialization().await;
+        }
+        if !matches!(*status, 400 | 409 | 410 | 413 | 422) {
+            return Err(error);
+        }
+        let others_can_attach_within = self
+            .rt
+            .limits
+            .as_ref()
+            .and_then(|l| l.initialization_lease_ttl_seconds)
+            .filter(|s| *s > 0)
+            .map(|s| std::time::Duration::from_secs(s as u64));
+        match error {
+            Error::Transport(error) => Err(Error::SeedPushRejected {
+                error: Box::new(error),
+                others_can_attach_within,
+            }),
+            other => Err(other),
+        }
+    }
+
+    /// `POST /sync/connect` again, with this device's pending rows, after its lease was
+    /// lost: a new lease carries the same frozen bundle; an account initialized meanwhile
+    /// (by another device, or empty) takes the rows as ordinary pushes, and the next pull
+    /// brings the account's rows; another device's lease is [`Error::AccountInitializing`].
+    async fn renew_initialization(&mut self) -> Result<()> {
+        use oversync_protocol::ConnectResolution as R;
+        let source = state::attachment_state(self.conn)?.current_source_id;
+        let transport = self.transport()?;
+        let answer = transport
+            .connect(
+                &source,
+                &oversync_protocol::ConnectRequest {
+                    has_local_pending_rows: true,
+                },
+            )
+            .await
+            .map_err(|e| self.server_error(e))?;
+        let initialization_id = match answer.resolution {
+            R::InitializeLocal => answer
+                .initialization_id
+                .filter(|id| !id.is_empty())
+                .ok_or_else(|| {
+                    Error::InvalidResponse("initialize_local without initialization_id".into())
+                })?,
+            R::InitializeEmpty | R::RemoteAuthoritative => String::new(),
+            R::RetryLater => {
+                return Err(Error::AccountInitializing {
+                    retry_after: std::time::Duration::from_secs(
+                        answer.retry_after_seconds.unwrap_or(1).clamp(1, 3600) as u64,
+                    ),
+                });
+            }
+        };
+        tracing::info!(
+            resolution = ?answer.resolution,
+            "seed push lost its initialization lease; asked the account again"
+        );
+        self.conn.immediate_transaction(|conn| -> Result<()> {
+            sql_query(
+                "UPDATE _sync_attachment_state SET pending_initialization_id = ? WHERE singleton_key = 1",
+            )
+            .bind::<Text, _>(&initialization_id)
+            .execute(conn)?;
+            sql_query(
+                "UPDATE _sync_outbox_bundle SET initialization_id = ? WHERE singleton_key = 1 AND state = 'prepared'",
+            )
+            .bind::<Text, _>(&initialization_id)
+            .execute(conn)?;
+            Ok(())
+        })
+    }
 }
 
 /// Every configured table must be served: a table the server does not register would be

@@ -40,7 +40,8 @@ pub const METADATA_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrat
 
 /// Directory name of the metadata migration; its version sorts before any app migration.
 pub const METADATA_MIGRATION_NAME: &str = "00000000000000_oversync_metadata";
-const METADATA_UP: &str = include_str!("../../migrations/00000000000000_oversync_metadata/up.sql");
+pub(crate) const METADATA_UP: &str =
+    include_str!("../../migrations/00000000000000_oversync_metadata/up.sql");
 const METADATA_DOWN: &str =
     include_str!("../../migrations/00000000000000_oversync_metadata/down.sql");
 

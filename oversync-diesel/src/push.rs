@@ -155,6 +155,8 @@ impl Oversync<'_> {
         let mut conflicts_resolved = 0;
         let mut budget = ConflictBudget::default();
         let mut rotated = false;
+        // Seed-push lease renewals since the last upload that got an answer (bounded).
+        let mut renewals = 0;
         // Bundles committed earlier in this call while bisecting a refused push.
         let mut bisected: Option<(i64, u64)> = None;
         loop {
@@ -175,7 +177,19 @@ impl Oversync<'_> {
             let (bundle_seq, bundle_hash) = if outbox.state == "committed_remote" {
                 (outbox.remote_bundle_seq, outbox.remote_bundle_hash.clone())
             } else {
-                match self.upload(&outbox).await? {
+                let uploaded = match self.upload(&outbox).await {
+                    Ok(uploaded) => {
+                        renewals = 0;
+                        uploaded
+                    }
+                    // The seed push's lease (lifecycle.rs): renewed, or a typed error.
+                    Err(e) if !outbox.initialization_id.is_empty() => {
+                        self.seed_push_failed(e, &mut renewals).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                match uploaded {
                     Upload::Committed {
                         bundle_seq,
                         bundle_hash,

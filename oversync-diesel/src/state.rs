@@ -55,9 +55,16 @@ struct Count {
 }
 
 /// Rows waiting to reach the server: captured dirty rows plus the frozen outbox.
+///
+/// Status reads run this beside a sync, on a connection whose page cache each of the
+/// engine's commits invalidates, so it must not walk the outbox: the frozen bundle's
+/// `row_count` is kept equal to its rows by every path that changes them (freeze, quarantine,
+/// bisection, retire). The dirty set is counted on its smallest index.
 pub(crate) fn pending_row_count(conn: &mut SqliteConnection) -> QueryResult<u64> {
     let c: Count = sql_query(
-        "SELECT (SELECT COUNT(*) FROM _sync_dirty_rows) + (SELECT COUNT(*) FROM _sync_outbox_rows) AS n",
+        "SELECT (SELECT COUNT(*) FROM _sync_dirty_rows) \
+           + (SELECT CASE WHEN state = 'none' THEN 0 ELSE row_count END FROM _sync_outbox_bundle \
+              WHERE singleton_key = 1) AS n",
     )
     .get_result(conn)?;
     Ok(c.n.max(0) as u64)

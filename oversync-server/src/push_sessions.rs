@@ -249,9 +249,13 @@ impl SyncService {
                 scope::require_active_lease(&tx, user_pk, &actor.source_id, id, ttl).await?;
                 session_init_id = Some(id.to_owned());
             }
+            // The lease this seed push carries is over (another device initialized the
+            // scope): the contract's stale-lease answer, so the device asks the account again
+            // and pushes without it.
             INITIALIZED if init_id.is_some() => {
-                return Err(invalid(
-                    "initialization_id must be absent once the scope is initialized",
+                return Err(SyncError::conflict(
+                    codes::INITIALIZATION_STALE,
+                    "the scope is already initialized: push without initialization_id",
                 ));
             }
             _ => {}

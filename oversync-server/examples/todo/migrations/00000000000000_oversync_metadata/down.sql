@@ -1,4 +1,6 @@
 -- Removes all oversync state. Run the per-table trigger migrations' down.sql first.
+-- status counts (appended in up.sql)
+DROP INDEX IF EXISTS _sync_dirty_rows_count;
 -- outbox integrity (appended in up.sql)
 DROP TABLE IF EXISTS _sync_install_identity;
 DROP INDEX IF EXISTS _sync_outbox_rows_key;
