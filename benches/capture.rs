@@ -197,7 +197,11 @@ fn main() {
                 mark_synced(&mut conn);
             }
             for (op, plain, synced) in [
-                ("update", plain_update as Workload, synced_update as Workload),
+                (
+                    "update",
+                    plain_update as Workload,
+                    synced_update as Workload,
+                ),
                 ("delete", plain_delete, synced_delete),
             ] {
                 let plain = plain(&mut conn, n);

@@ -106,32 +106,19 @@ fn write_is_idempotent_and_check_reports_what_is_stale() {
 }
 
 #[test]
-fn a_changed_model_gets_a_new_migration_that_can_be_reverted() {
+fn a_new_column_needs_no_new_trigger_migration() {
+    // The triggers name only the key (payloads are read from the row at freeze), so a model
+    // that gained `born` keeps its migration; the fixture's second generation of trigger
+    // migrations (v1 -> current, whose down.sql restores v1) covers a trigger change.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("migrations");
     write_sync_migrations(&dir, &[AuthorV1::SPEC]).unwrap();
-    let before = dirs(&dir);
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-
-    // The model gained `born`: the files are now stale for authors, and only for authors.
-    match check_sync_migrations(&dir, &[Author::SPEC]) {
-        Err(Error::StaleMigrations { tables, .. }) => assert_eq!(tables, vec!["authors"]),
-        other => panic!("expected StaleMigrations, got {other:?}"),
-    }
-    let written = write_sync_migrations(&dir, &[Author::SPEC]).unwrap();
-    assert_eq!(written.len(), 1);
-    let after = dirs(&dir);
-    assert_eq!(after.len(), before.len() + 1);
-    assert!(
-        after.last().unwrap() > before.last().unwrap(),
-        "the new migration sorts last"
-    );
-    let down = std::fs::read_to_string(written[0].join("down.sql")).unwrap();
-    assert!(
-        down.ends_with(AuthorV1::SPEC.up_sql),
-        "down restores the previous triggers"
-    );
     check_sync_migrations(&dir, &[Author::SPEC]).unwrap();
+    assert!(
+        write_sync_migrations(&dir, &[Author::SPEC])
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
