@@ -199,7 +199,7 @@ fn types_from_macro_rules_are_seen_through_their_invisible_group() {
     assert!(compact.contains("KeyKind::Blob"), "{compact}");
     assert!(compact.contains("name:\"data\",is_blob:true"), "{compact}");
     assert!(
-        compact.contains("printf"),
-        "the f64 column is captured with 17 digits: {compact}"
+        compact.contains("name:\"r\",is_blob:false,kind:::oversync_diesel::ValueKind::Real"),
+        "the f64 column is a REAL (rendered with 17 digits at freeze): {compact}"
     );
 }
