@@ -104,6 +104,33 @@ macro_rules! workload {
     }};
 }
 
+// One non-inlined function per table and op, so a profiler can attribute cost to each
+// (`valgrind --tool=callgrind --toggle-collect='*synced_update*'`, see docs/performance.md).
+#[inline(never)]
+fn plain_insert(conn: &mut SqliteConnection, n: usize) -> Duration {
+    workload!(conn, plain_notes, PlainNote, n, "insert")
+}
+#[inline(never)]
+fn plain_update(conn: &mut SqliteConnection, n: usize) -> Duration {
+    workload!(conn, plain_notes, PlainNote, n, "update")
+}
+#[inline(never)]
+fn plain_delete(conn: &mut SqliteConnection, n: usize) -> Duration {
+    workload!(conn, plain_notes, PlainNote, n, "delete")
+}
+#[inline(never)]
+fn synced_insert(conn: &mut SqliteConnection, n: usize) -> Duration {
+    workload!(conn, notes, Note, n, "insert")
+}
+#[inline(never)]
+fn synced_update(conn: &mut SqliteConnection, n: usize) -> Duration {
+    workload!(conn, notes, Note, n, "update")
+}
+#[inline(never)]
+fn synced_delete(conn: &mut SqliteConnection, n: usize) -> Duration {
+    workload!(conn, notes, Note, n, "delete")
+}
+
 /// Marks every note as held by the server at version 1, as a completed push would.
 fn mark_synced(conn: &mut SqliteConnection) {
     conn.batch_execute(
@@ -121,6 +148,8 @@ fn dirty_count(conn: &mut SqliteConnection) -> i64 {
         .get_result(conn)
         .expect("count")
 }
+
+type Workload = fn(&mut SqliteConnection, usize) -> Duration;
 
 struct Row {
     scenario: &'static str,
@@ -153,8 +182,8 @@ fn main() {
         for scenario in ["never synced", "server has rows"] {
             let dir = tempfile::tempdir().expect("temp dir");
             let mut conn = open(dir.path());
-            let plain_insert = workload!(&mut conn, plain_notes, PlainNote, n, "insert");
-            let synced_insert = workload!(&mut conn, notes, Note, n, "insert");
+            let plain_insert = plain_insert(&mut conn, n);
+            let synced_insert = synced_insert(&mut conn, n);
             if scenario == "never synced" {
                 results.push(Row {
                     scenario,
@@ -167,9 +196,16 @@ fn main() {
             } else {
                 mark_synced(&mut conn);
             }
-            for op in ["update", "delete"] {
-                let plain = workload!(&mut conn, plain_notes, PlainNote, n, op);
-                let synced = workload!(&mut conn, notes, Note, n, op);
+            for (op, plain, synced) in [
+                (
+                    "update",
+                    plain_update as Workload,
+                    synced_update as Workload,
+                ),
+                ("delete", plain_delete, synced_delete),
+            ] {
+                let plain = plain(&mut conn, n);
+                let synced = synced(&mut conn, n);
                 results.push(Row {
                     scenario,
                     op,

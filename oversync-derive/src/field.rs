@@ -85,10 +85,6 @@ impl Field {
 
     /// Whether the field is a float, whose JSON rendering needs 17 significant digits: SQLite's
     /// `json_object` keeps only 15, which would change the value on its way to the server.
-    pub fn is_real(&self) -> bool {
-        self.value_kind() == ValueKind::Real
-    }
-
     pub fn key_type(&self) -> KeyType {
         if let Some((kind, _)) = self.attrs.key_kind {
             return match kind {

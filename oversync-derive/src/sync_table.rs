@@ -2,7 +2,7 @@
 
 use crate::attrs::ValueKindOverride as ValueKind;
 use crate::model::Model;
-use crate::triggers::{Column, TableTriggers};
+use crate::triggers::TableTriggers;
 use proc_macro2::TokenStream;
 use quote::quote;
 use syn::DeriveInput;
@@ -17,15 +17,6 @@ fn expand(model: &Model) -> TokenStream {
         table: &model.table_name,
         key_column: &model.key_field().column_name,
         key_is_blob: model.key_is_blob,
-        columns: model
-            .fields
-            .iter()
-            .map(|f| Column {
-                name: &f.column_name,
-                is_blob: f.is_blob(),
-                is_real: f.is_real(),
-            })
-            .collect(),
     };
     let triggers = table.triggers();
     let up_sql = table.up_sql(&triggers);

@@ -1,36 +1,42 @@
-//! The capture and guard triggers of one synced table, as SQLite SQL.
+//! The capture triggers of one synced table, as SQLite SQL.
 //!
 //! Capture rules (one coalesced `_sync_dirty_rows` row per key, see the protocol README):
 //! - a write's op is `UPDATE` when the server holds the key live (`_sync_row_state.deleted = 0`),
 //!   else `INSERT`; so insert-then-update stays an INSERT and delete-then-reinsert of a synced
 //!   row becomes an UPDATE;
-//! - a delete of a row the server holds becomes `DELETE` (payload NULL), and so does a delete
-//!   of a key still in the frozen outbox (its push may have committed; replay rebases the
-//!   DELETE on the committed version); a delete of a row the server never had and no push
-//!   carries removes the pending entry, leaving nothing to push;
+//! - a delete of a row the server holds becomes `DELETE`, and so does a delete of a key still
+//!   in the frozen outbox (its push may have committed; replay rebases the DELETE on the
+//!   committed version); a delete of a row the server never had and no push carries removes
+//!   the pending entry, leaving nothing to push;
 //! - a key-changing update is a delete of the old key followed by a write of the new key;
 //! - the upsert never rewrites `base_row_version` or `dirty_ordinal`, so the first touch keeps
 //!   both (`dirty_ordinal` is the table's rowid, assigned as max + 1 without a scan).
 //!
+//! The triggers only mark the key dirty (op, base version, ordinal); a write's payload is read
+//! from the row itself when the outbox is frozen (the runtime's `capture` module), so a
+//! trigger renders no JSON of the row and stays small. Small matters most for updates: Diesel
+//! never caches prepared UPDATE statements, so every app update compiles the table's UPDATE
+//! triggers anew. A write's stored `payload` is NULL (or, after a rejected push went back to
+//! the dirty set, the frozen one, used only if the row is gone).
+//!
 //! Every lookup is a primary-key or unique-index seek, so capture cost per row stays flat as
 //! the dirty set grows. Nothing is captured while `_sync_apply_state.apply_mode = 1` (the
-//! runtime is writing server data), and the guard triggers abort app writes with
-//! `SYNC_TRANSITION_PENDING` while a destructive sync transition is in progress.
+//! runtime is writing server data), and app writes abort with `SYNC_TRANSITION_PENDING` while
+//! a destructive sync transition is in progress (the first step of each capture trigger: an
+//! AFTER trigger's abort undoes the statement as a BEFORE trigger's would, and a separate
+//! guard trigger cost a second trigger program per written row).
 
 /// The local schema name recorded in `_sync_*` state; the remote schema is mapped at runtime.
 pub const LOCAL_SCHEMA: &str = "main";
 
-pub struct Column<'a> {
-    pub name: &'a str,
-    pub is_blob: bool,
-    pub is_real: bool,
-}
+/// Suffixes of triggers earlier versions installed and this one does not: the migration
+/// drops them, so a database upgraded from the old triggers keeps none of them.
+const RETIRED_SUFFIXES: [&str; 3] = ["bi_guard", "bu_guard", "bd_guard"];
 
 pub struct TableTriggers<'a> {
     pub table: &'a str,
     pub key_column: &'a str,
     pub key_is_blob: bool,
-    pub columns: Vec<Column<'a>>,
 }
 
 pub struct Trigger {
@@ -52,48 +58,24 @@ impl TableTriggers<'_> {
         format!("trg_{}_{}", self.table.to_lowercase(), suffix)
     }
 
-    fn column_value(&self, row: &str, column: &str, is_blob: bool, is_real: bool) -> String {
-        let value = format!("{row}.{}", ident(column));
-        if is_blob {
-            // hex() turns NULL into '' so NULL is kept explicitly; the wire encoding
-            // (base64, or UUID text for keys) is applied when a push is frozen.
-            format!("CASE WHEN {value} IS NULL THEN NULL ELSE lower(hex({value})) END")
-        } else if is_real {
-            // json_object renders doubles with 15 digits; 17 round-trip every finite double.
-            format!(
-                "CASE WHEN typeof({value}) = 'real' AND abs({value}) <= 1.7976931348623157e308 \
-                 THEN json(printf('%!.17g', {value})) ELSE {value} END"
-            )
-        } else {
-            value
-        }
-    }
-
+    /// The key as `_sync_dirty_rows.key_json` holds it: BLOB keys as lowercase hex (their
+    /// wire form, UUID text, is applied when a push is frozen).
     fn key_json(&self, row: &str) -> String {
+        let key = format!("{row}.{}", ident(self.key_column));
+        let value = if self.key_is_blob {
+            format!("lower(hex({key}))")
+        } else {
+            key
+        };
         format!(
-            "json_object({}, {})",
-            literal(&self.key_column.to_lowercase()),
-            self.column_value(row, self.key_column, self.key_is_blob, false)
+            "json_object({}, {value})",
+            literal(&self.key_column.to_lowercase())
         )
     }
 
-    fn payload_json(&self, row: &str) -> String {
-        let pairs: Vec<String> = self
-            .columns
-            .iter()
-            .map(|c| {
-                format!(
-                    "{}, {}",
-                    literal(&c.name.to_lowercase()),
-                    self.column_value(row, c.name, c.is_blob, c.is_real)
-                )
-            })
-            .collect();
-        format!("json_object({})", pairs.join(", "))
-    }
-
     /// Aborts a write whose key the protocol cannot carry, before it reaches the outbox.
-    /// (Shape by a `?`-only GLOB, digits by `unhex`: a 32-class GLOB cost more than the insert.)
+    /// (Shape by a `?`-only GLOB, digits by `unhex` skipping the dashes: a 32-class GLOB cost
+    /// more than the insert, and `replace()` to drop the dashes first cost a string copy.)
     fn key_check(&self, row: &str) -> String {
         let key = format!("{row}.{}", ident(self.key_column));
         let (valid, what) = if self.key_is_blob {
@@ -105,7 +87,7 @@ impl TableTriggers<'_> {
             (
                 format!(
                     "typeof({key}) = 'text' AND {key} GLOB '????????-????-????-????-????????????' \
-                     AND lower({key}) = {key} AND length(unhex(replace({key}, '-', ''))) = 16"
+                     AND length(unhex({key}, '-')) = 16 AND lower({key}) = {key}"
                 ),
                 "a lowercase dashed UUID string",
             )
@@ -119,28 +101,31 @@ impl TableTriggers<'_> {
         )
     }
 
-    /// `_sync_row_state` lookup for the row's key. Scalar subqueries, not a join: a join
-    /// against a derived key table makes SQLite build an ephemeral b-tree on every write.
-    fn row_state(&self, column: &str, key: &str) -> String {
+    /// `FROM` clause yielding one row with the key's `_sync_row_state` as `rs` (NULLs when the
+    /// server never had it): one seek for both the op and the base version.
+    fn row_state_join(&self, key: &str) -> String {
         format!(
-            "(SELECT {column} FROM _sync_row_state WHERE schema_name = '{LOCAL_SCHEMA}' AND table_name = {} AND key_json = {key})",
+            "FROM (SELECT 1) LEFT JOIN _sync_row_state AS rs ON rs.schema_name = '{LOCAL_SCHEMA}' AND rs.table_name = {} AND rs.key_json = {key}",
             literal(self.table)
         )
     }
 
-    fn capture_write(&self, row: &str) -> String {
+    /// Marks the row's key dirty as a write. `on_conflict` handles a key already dirty.
+    fn capture_write(&self, row: &str, on_conflict: &str) -> String {
         let key = self.key_json(row);
         format!(
-            "INSERT INTO _sync_dirty_rows(schema_name, table_name, key_json, op, base_row_version, payload)
-  VALUES ('{LOCAL_SCHEMA}', {table}, {key},
-          CASE WHEN {deleted} = 0 THEN 'UPDATE' ELSE 'INSERT' END,
-          IFNULL({version}, 0), {payload})
-  ON CONFLICT(schema_name, table_name, key_json) DO UPDATE SET op = excluded.op, payload = excluded.payload;",
+            "INSERT INTO _sync_dirty_rows(schema_name, table_name, key_json, op, base_row_version)
+  SELECT '{LOCAL_SCHEMA}', {table}, {key}, CASE WHEN rs.deleted = 0 THEN 'UPDATE' ELSE 'INSERT' END, IFNULL(rs.row_version, 0)
+  {join} WHERE true
+  ON CONFLICT(schema_name, table_name, key_json) DO {on_conflict};",
             table = literal(self.table),
-            deleted = self.row_state("deleted", &key),
-            version = self.row_state("row_version", &key),
-            payload = self.payload_json(row),
+            join = self.row_state_join(&key),
         )
+    }
+
+    /// A write of a new or re-inserted key: a pending DELETE of it becomes a write again.
+    fn capture_insert(&self, row: &str) -> String {
+        self.capture_write(row, "UPDATE SET op = excluded.op, payload = NULL")
     }
 
     fn capture_delete(&self, row: &str) -> String {
@@ -148,20 +133,21 @@ impl TableTriggers<'_> {
         let key = self.key_json(row);
         // The server may hold the key: it says so in `_sync_row_state`, or the key is in the
         // frozen outbox, whose push may commit at any moment (or already has, unacknowledged).
-        let server_may_hold = format!(
-            "(EXISTS (SELECT 1 FROM _sync_row_state
-                    WHERE schema_name = '{LOCAL_SCHEMA}' AND table_name = {table} AND key_json = {key} AND deleted = 0)
-       OR EXISTS (SELECT 1 FROM _sync_outbox_rows WHERE table_name = {table} AND key_json = {key}))"
+        // The entry is removed when it may not; else (`changes() = 0`) a DELETE is upserted.
+        let in_outbox = format!(
+            "EXISTS (SELECT 1 FROM _sync_outbox_rows WHERE table_name = {table} AND key_json = {key})"
         );
         format!(
             "DELETE FROM _sync_dirty_rows
   WHERE schema_name = '{LOCAL_SCHEMA}' AND table_name = {table} AND key_json = {key}
-    AND NOT {server_may_hold};
-  INSERT INTO _sync_dirty_rows(schema_name, table_name, key_json, op, base_row_version, payload)
-  SELECT '{LOCAL_SCHEMA}', {table}, {key}, 'DELETE', IFNULL({version}, 0), NULL
-  WHERE {server_may_hold}
+    AND NOT EXISTS (SELECT 1 FROM _sync_row_state
+                    WHERE schema_name = '{LOCAL_SCHEMA}' AND table_name = {table} AND key_json = {key} AND deleted = 0)
+    AND NOT {in_outbox};
+  INSERT INTO _sync_dirty_rows(schema_name, table_name, key_json, op, base_row_version)
+  SELECT '{LOCAL_SCHEMA}', {table}, {key}, 'DELETE', IFNULL(rs.row_version, 0)
+  {join} WHERE changes() = 0 AND (rs.deleted = 0 OR {in_outbox})
   ON CONFLICT(schema_name, table_name, key_json) DO UPDATE SET op = 'DELETE', payload = NULL;",
-            version = self.row_state("row_version", &key),
+            join = self.row_state_join(&key),
         )
     }
 
@@ -169,43 +155,28 @@ impl TableTriggers<'_> {
         let table = ident(self.table);
         let capturing =
             "IFNULL((SELECT apply_mode FROM _sync_apply_state WHERE singleton_key = 1), 0) = 0";
+        let guard = "SELECT RAISE(ABORT, 'SYNC_TRANSITION_PENDING') FROM _sync_operation_state WHERE singleton_key = 1 AND kind != 'none';";
         let key = ident(self.key_column);
-        let mut out = Vec::new();
-        for (suffix, event) in [
-            ("bi_guard", "INSERT"),
-            ("bu_guard", "UPDATE"),
-            ("bd_guard", "DELETE"),
-        ] {
-            let name = self.trigger_name(suffix);
-            out.push(Trigger {
-                sql: format!(
-                    "CREATE TRIGGER {} BEFORE {event} ON {table}
-WHEN IFNULL((SELECT kind FROM _sync_operation_state WHERE singleton_key = 1), 'none') != 'none'
-  AND {capturing}
-BEGIN
-  SELECT RAISE(ABORT, 'SYNC_TRANSITION_PENDING');
-END",
-                    ident(&name)
-                ),
-                name,
-            });
-        }
-        // Diesel never caches prepared UPDATE statements, so every app update compiles the
-        // table's UPDATE triggers anew: the key-change trigger is declared `UPDATE OF <key>`
-        // so only statements that set the key compile it, and same-key updates skip the key
-        // check (the key was checked when it was written).
+        // The key-change trigger is declared `UPDATE OF <key>` so only statements that set the
+        // key compile it, and same-key updates skip the key check (the key was checked when
+        // it was written). A same-key update of a dirty key changes nothing in its entry: the
+        // row exists, so the entry is a write, and the payload is read at freeze.
         let bodies = [
             (
                 "ai",
                 "AFTER INSERT".to_string(),
                 String::new(),
-                format!("{}\n  {}", self.key_check("NEW"), self.capture_write("NEW")),
+                format!(
+                    "{}\n  {}",
+                    self.key_check("NEW"),
+                    self.capture_insert("NEW")
+                ),
             ),
             (
                 "au",
                 "AFTER UPDATE".to_string(),
                 format!(" AND OLD.{key} IS NEW.{key}"),
-                self.capture_write("NEW"),
+                self.capture_write("NEW", "NOTHING"),
             ),
             (
                 "au_key",
@@ -215,7 +186,7 @@ END",
                     "{}\n  {}\n  {}",
                     self.key_check("NEW"),
                     self.capture_delete("OLD"),
-                    self.capture_write("NEW")
+                    self.capture_insert("NEW")
                 ),
             ),
             (
@@ -225,6 +196,7 @@ END",
                 self.capture_delete("OLD"),
             ),
         ];
+        let mut out = Vec::new();
         for (suffix, event, extra_condition, body) in bodies {
             let name = self.trigger_name(suffix);
             out.push(Trigger {
@@ -232,6 +204,7 @@ END",
                     "CREATE TRIGGER {} {event} ON {table}
 WHEN {capturing}{extra_condition}
 BEGIN
+  {guard}
   {body}
 END",
                     ident(&name)
@@ -250,6 +223,12 @@ END",
              INSERT INTO _sync_managed_tables(schema_name, table_name) VALUES ('{LOCAL_SCHEMA}', {table}) ON CONFLICT DO NOTHING;\n",
             table = literal(self.table)
         );
+        for suffix in RETIRED_SUFFIXES {
+            sql.push_str(&format!(
+                "DROP TRIGGER IF EXISTS {};\n",
+                ident(&self.trigger_name(suffix))
+            ));
+        }
         for trigger in triggers {
             sql.push_str(&format!(
                 "DROP TRIGGER IF EXISTS {};\n{};\n",

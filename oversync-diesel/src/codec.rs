@@ -1,6 +1,7 @@
 //! Row encodings and their checks. A row exists in three forms:
-//! - local: what the capture triggers write (`_sync_dirty_rows.payload`, `key_json`): BLOBs
-//!   as lowercase hex, BLOB keys as 32 hex digits;
+//! - local: `_sync_dirty_rows.key_json` as the capture triggers write it and a write's
+//!   payload as `capture` reads it from the row: BLOBs as lowercase hex, BLOB keys as 32 hex
+//!   digits;
 //! - wire: what the protocol carries: BLOBs as standard base64, keys (BLOB or TEXT) as
 //!   canonical lowercase dashed UUID strings;
 //! - SQL: the values bound into the app's tables when server data is applied.

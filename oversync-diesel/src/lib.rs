@@ -70,6 +70,7 @@ extern crate self as oversync_diesel;
 mod app_connection;
 mod apply;
 mod bundle_check;
+mod capture;
 mod client;
 mod codec;
 mod config;
@@ -99,6 +100,7 @@ mod watch;
 #[cfg(feature = "r2d2")]
 pub use app_connection::AppConnectionCustomizer;
 pub use app_connection::{BUSY_TIMEOUT_MS, configure_connection, establish_app_connection};
+pub use capture::PendingChange;
 pub use client::SyncClient;
 pub use config::OversyncConfig;
 pub use conflict::{ClientWins, Conflict, ConflictResolver, Resolution, ServerWins};

@@ -262,7 +262,10 @@ pub struct ReplacedLocalRow {
 }
 
 /// The pending local changes, read inside the remote-replace swap that drops them.
-pub(crate) fn replaced_local_rows(conn: &mut SqliteConnection) -> Result<Vec<ReplacedLocalRow>> {
+pub(crate) fn replaced_local_rows(
+    conn: &mut SqliteConnection,
+    config: &crate::OversyncConfig,
+) -> Result<Vec<ReplacedLocalRow>> {
     #[derive(QueryableByName)]
     struct Dirty {
         #[diesel(sql_type = Text)]
@@ -274,9 +277,10 @@ pub(crate) fn replaced_local_rows(conn: &mut SqliteConnection) -> Result<Vec<Rep
         #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
         payload: Option<String>,
     }
-    let rows: Vec<Dirty> = sql_query(
-        "SELECT table_name, key_json, op, payload FROM _sync_dirty_rows ORDER BY dirty_ordinal",
-    )
+    let rows: Vec<Dirty> = sql_query(format!(
+        "SELECT table_name, key_json, op, {} AS payload FROM _sync_dirty_rows AS d ORDER BY dirty_ordinal",
+        crate::capture::payload_sql(config, "d")
+    ))
     .load(conn)?;
     rows.into_iter()
         .map(|d| {
@@ -448,7 +452,7 @@ impl Oversync<'_> {
         surface: bool,
         replaced: &mut Vec<ReplacedLocalRow>,
     ) -> Result<AttachOutcome> {
-        // Stable until the swap: the guard triggers refuse app writes meanwhile.
+        // Stable until the swap: the capture triggers refuse app writes meanwhile.
         let discarded_local_rows = state::pending_row_count(self.conn)?;
         let (report, rows) = self.rebuild_replacing_local(user_id, surface).await?;
         *replaced = rows;

@@ -310,7 +310,8 @@ impl Oversync<'_> {
 
     /// Freezes the dirty set into the outbox, or returns the outbox already frozen.
     fn freeze(&mut self) -> Result<Option<state::OutboxBundle>> {
-        let schema = self.config.schema().to_string();
+        let config = self.config;
+        let schema = config.schema().to_string();
         let order_by = self.rt.push_order.order_by_sql();
         self.conn.immediate_transaction(|conn| -> Result<Option<state::OutboxBundle>> {
             let outbox = state::outbox_bundle(conn)?;
@@ -320,10 +321,12 @@ impl Oversync<'_> {
             let attachment = state::attachment_state(conn)?;
             let source_bundle_id = state::next_source_bundle_id(conn, &attachment.current_source_id)?;
             // Foreign-key order (see `order`): upserts parents first, deletes children first.
+            // Each write's payload is its row, read now (see `capture`).
             let frozen = diesel::sql_query(format!(
                 "INSERT INTO _sync_outbox_rows(source_bundle_id, row_ordinal, schema_name, table_name, key_json, wire_key_json, op, base_row_version, local_payload, wire_payload) \
-                 SELECT ?, ROW_NUMBER() OVER (ORDER BY {order_by}) - 1, ?, table_name, key_json, '', op, base_row_version, payload, NULL \
-                 FROM _sync_dirty_rows",
+                 SELECT ?, ROW_NUMBER() OVER (ORDER BY {order_by}) - 1, ?, table_name, key_json, '', op, base_row_version, {payload}, NULL \
+                 FROM _sync_dirty_rows AS d",
+                payload = crate::capture::payload_sql(config, "d"),
             ))
             .bind::<BigInt, _>(source_bundle_id)
             .bind::<Text, _>(&schema)

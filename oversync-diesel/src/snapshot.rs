@@ -358,7 +358,7 @@ impl Oversync<'_> {
             // Read in the swap transaction, so they are exactly the rows it drops.
             let replaced = match mode {
                 SourceMode::ReplaceLocal { surface: true, .. } => {
-                    crate::lifecycle::replaced_local_rows(conn)?
+                    crate::lifecycle::replaced_local_rows(conn, config)?
                 }
                 _ => Vec::new(),
             };
@@ -617,9 +617,10 @@ fn local_intent(
         let requeue = matches!(mode, SourceMode::Rotate { .. });
         rows.extend(frozen.into_iter().map(|r| (r, requeue)));
     }
-    let dirty: Vec<IntentRow> = diesel::sql_query(
-        "SELECT table_name, key_json, op, payload FROM _sync_dirty_rows ORDER BY dirty_ordinal",
-    )
+    let dirty: Vec<IntentRow> = diesel::sql_query(format!(
+        "SELECT table_name, key_json, op, {} AS payload FROM _sync_dirty_rows AS d ORDER BY dirty_ordinal",
+        crate::capture::payload_sql(config, "d")
+    ))
     .load(conn)?;
     rows.extend(dirty.into_iter().map(|r| (r, true)));
     let mut out = Vec::with_capacity(rows.len());

@@ -42,7 +42,7 @@ pub enum ValueKind {
 pub struct ColumnSpec {
     /// SQL column name.
     pub name: &'static str,
-    /// The column stores BLOBs: captured as lowercase hex, sent as base64 (UUID text for keys).
+    /// The column stores BLOBs: lowercase hex locally, base64 on the wire (UUID text for keys).
     pub is_blob: bool,
     /// What the values are, which fixes their local and wire text forms.
     pub kind: ValueKind,
@@ -68,7 +68,7 @@ pub struct TableSpec {
     pub key_kind: KeyKind,
     /// Every column of the table, in model order.
     pub columns: &'static [ColumnSpec],
-    /// Guard and capture triggers.
+    /// Capture triggers (each also refuses app writes during a sync transition).
     pub triggers: &'static [TriggerSpec],
     /// Migration SQL that registers the table and installs its triggers (idempotent).
     pub up_sql: &'static str,

@@ -330,9 +330,6 @@ fn spec_matches_the_model() {
     assert_eq!(
         names,
         [
-            "trg_books_bi_guard",
-            "trg_books_bu_guard",
-            "trg_books_bd_guard",
             "trg_books_ai",
             "trg_books_au",
             "trg_books_au_key",

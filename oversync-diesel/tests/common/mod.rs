@@ -131,12 +131,21 @@ impl DirtyRow {
     }
 }
 
-pub fn dirty_rows(conn: &mut SqliteConnection) -> Vec<DirtyRow> {
-    diesel::sql_query(
-        "SELECT table_name, key_json, op, base_row_version, payload, dirty_ordinal FROM _sync_dirty_rows ORDER BY dirty_ordinal",
-    )
-    .load(conn)
-    .expect("dirty rows")
+/// The dirty set as the runtime sees it (`pending_changes`): each write's payload is its row.
+pub fn dirty_rows(conn: &mut OversyncConnection) -> Vec<DirtyRow> {
+    conn.oversync()
+        .pending_changes()
+        .expect("pending changes")
+        .into_iter()
+        .map(|c| DirtyRow {
+            table_name: c.table,
+            key_json: c.key_json,
+            op: c.op.as_str().to_string(),
+            base_row_version: c.base_row_version,
+            payload: c.payload,
+            dirty_ordinal: c.ordinal,
+        })
+        .collect()
 }
 
 pub fn key(id: &str) -> String {
