@@ -7,9 +7,10 @@
 //! up to this release's before it validates anything, in one transaction:
 //!
 //! - The metadata `up.sql` only ever grows, by statements that create what is missing
-//!   (`CREATE TABLE/INDEX IF NOT EXISTS`, `INSERT ... ON CONFLICT DO NOTHING`). When a table
-//!   or index it declares is absent, `open()` runs this release's `up.sql` again, which adds
-//!   exactly what the older copy lacked and leaves every existing row as it is.
+//!   (`CREATE TABLE/INDEX IF NOT EXISTS`, `INSERT ... ON CONFLICT DO NOTHING`). When an index,
+//!   or a table appended after the first release, is absent, `open()` runs this release's `up.sql` again, which adds exactly
+//!   what the older copy lacked and leaves every existing row as it is. Any other missing
+//!   metadata table is damage, not age: `open()` refuses it (`TABLES_ADDED_LATER`).
 //! - A change `IF NOT EXISTS` cannot express (a column added to an existing table) is an
 //!   [`Upgrade`] in [`UPGRADES`], with a probe telling whether it is applied; `open()` runs
 //!   each one that is not, once.
@@ -19,11 +20,16 @@
 
 use crate::error::Result;
 use crate::migrations::METADATA_UP;
+use crate::validate::METADATA_TABLES;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use diesel::{QueryableByName, SqliteConnection, sql_query};
 use std::collections::HashSet;
+
+/// Metadata tables appended to `up.sql` after the first release (an older copy lacks them);
+/// any other missing metadata table is damage. A release that appends a table lists it here.
+const TABLES_ADDED_LATER: &[&str] = &["_sync_install_identity", "_sync_quarantine"];
 
 /// One change of the metadata schema that re-running `up.sql` cannot make.
 #[derive(Debug)]
@@ -74,8 +80,14 @@ fn upgrade_with(conn: &mut SqliteConnection, upgrades: &[Upgrade]) -> Result<Vec
 
 fn needs_upgrade(conn: &mut SqliteConnection, upgrades: &[Upgrade]) -> Result<bool> {
     let missing = missing_objects(conn)?;
-    // No metadata at all (or only a stray part of it) is not an older copy.
-    if missing.contains(&"_sync_attachment_state") {
+    // No metadata at all, or a missing table that every release's copy has, is not an older
+    // copy but a database the app never migrated or one that lost state: re-creating the
+    // table would forget what it held, so validation reports it instead
+    // (`SchemaError::MetadataMissing`).
+    if missing
+        .iter()
+        .any(|name| METADATA_TABLES.contains(name) && !TABLES_ADDED_LATER.contains(name))
+    {
         return Ok(false);
     }
     if !missing.is_empty() {
@@ -138,7 +150,6 @@ fn declared_objects(sql: &'static str) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::METADATA_TABLES;
 
     fn fresh() -> SqliteConnection {
         let mut conn = SqliteConnection::establish(":memory:").expect("in-memory database");
