@@ -249,9 +249,14 @@ impl SyncService {
                 scope::require_active_lease(&tx, user_pk, &actor.source_id, id, ttl).await?;
                 session_init_id = Some(id.to_owned());
             }
-            // The lease this seed push carries is over (another device initialized the
-            // scope): the contract's stale-lease answer, so the device asks the account again
-            // and pushes without it.
+            // A well-formed lease on an initialized scope is over (another device initialized
+            // it): the contract's stale-lease answer, so the device asks the account again and
+            // pushes without it. A malformed one stays a malformed request.
+            INITIALIZED if init_id.is_some_and(|id| uuid::Uuid::parse_str(id).is_err()) => {
+                return Err(invalid(
+                    "initialization_id must be absent once the scope is initialized",
+                ));
+            }
             INITIALIZED if init_id.is_some() => {
                 return Err(SyncError::conflict(
                     codes::INITIALIZATION_STALE,

@@ -285,7 +285,7 @@ async fn cross_user_access_is_denied_on_every_sync_route() {
         // Alice's source sequence means nothing in Bob's scope.
         (case(push_route, "POST", push_route, Want::Error(409, "source_sequence_out_of_order"))
             .json(r#"{"source_bundle_id": 3, "planned_row_count": 1}"#).source(as_alice.clone()), false),
-        (case(push_route, "POST", push_route, Want::Error(400, "push_session_invalid"))
+        (case(push_route, "POST", push_route, Want::Error(409, "initialization_stale"))
             .json(json!({"source_bundle_id": 1, "planned_row_count": 1, "initialization_id": init_id}).to_string()), false),
         (case(push_route, "POST", push_route, Want::Error(410, "initialization_expired"))
             .json(json!({"source_bundle_id": 1, "planned_row_count": 1, "initialization_id": init_id}).to_string()).source(as_alice.clone()), true),

@@ -334,11 +334,18 @@ async fn invalid_chunks_and_commits_are_rejected_with_codes() {
         json!({"source_bundle_id": 0, "planned_row_count": 1}),
         json!({"source_bundle_id": 1, "planned_row_count": 0}),
         json!({"planned_row_count": 1}),
-        json!({"source_bundle_id": 1, "planned_row_count": 1, "initialization_id": new_id()}),
     ] {
         let (s, b) = api.post("/sync/push-sessions", body).await;
         assert_error(s, &b, StatusCode::BAD_REQUEST, "push_session_invalid");
     }
+    // A lease on an initialized scope is stale (the contract's 409), not a malformed request.
+    let (s, b) = api
+        .post(
+            "/sync/push-sessions",
+            json!({"source_bundle_id": 1, "planned_row_count": 1, "initialization_id": new_id()}),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::CONFLICT, "initialization_stale");
     let (_, b) = api.post("/sync/push-sessions", create(2)).await;
     let push_id = b["push_id"].as_str().expect("push id").to_owned();
     let chunks = format!("/sync/push-sessions/{push_id}/chunks");

@@ -1,6 +1,3 @@
-DROP TRIGGER IF EXISTS "trg_tags_bi_guard";
-DROP TRIGGER IF EXISTS "trg_tags_bu_guard";
-DROP TRIGGER IF EXISTS "trg_tags_bd_guard";
 DROP TRIGGER IF EXISTS "trg_tags_ai";
 DROP TRIGGER IF EXISTS "trg_tags_au";
 DROP TRIGGER IF EXISTS "trg_tags_au_key";

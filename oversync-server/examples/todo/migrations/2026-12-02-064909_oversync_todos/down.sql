@@ -1,6 +1,3 @@
-DROP TRIGGER IF EXISTS "trg_todos_bi_guard";
-DROP TRIGGER IF EXISTS "trg_todos_bu_guard";
-DROP TRIGGER IF EXISTS "trg_todos_bd_guard";
 DROP TRIGGER IF EXISTS "trg_todos_ai";
 DROP TRIGGER IF EXISTS "trg_todos_au";
 DROP TRIGGER IF EXISTS "trg_todos_au_key";
