@@ -32,7 +32,7 @@ use oversync_e2e::schema::users;
 use oversync_e2e::*;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -378,7 +378,7 @@ fn owned_child(op: &str, db: &str, url: &str, user: &str) {
         let client = oversync_diesel::SyncClient::start(conn)
             .await
             .expect("start the client");
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
         let ticker = tokio::spawn({
             let done = done.clone();
             async move {
@@ -409,6 +409,7 @@ fn owned_child(op: &str, db: &str, url: &str, user: &str) {
                 worst
             }
         });
+        let plain_reads = plain_status_reads(db, done.clone());
         let start = Instant::now();
         match op {
             "push" => drop(client.push_pending().await.expect("push")),
@@ -420,14 +421,41 @@ fn owned_child(op: &str, db: &str, url: &str, user: &str) {
         done.store(true, Ordering::Relaxed);
         let ticker = ticker.await.expect("ticker");
         let status = statuses.await.expect("status reader");
+        let plain = plain_reads.join().expect("plain status reader");
         client.shutdown().await;
         println!(
-            "{secs} {} {:.1} {:.1}",
+            "{secs} {} {:.1} {:.1} {:.1}",
             peak_rss_kb(),
             ticker.as_secs_f64() * 1e3,
-            status.as_secs_f64() * 1e3
+            status.as_secs_f64() * 1e3,
+            plain.as_secs_f64() * 1e3
         );
     });
+}
+
+/// The status read's SQL on its own connection and plain thread, every 5 ms until `done`:
+/// its worst time tells the wait inside SQLite (WAL read start, busy retries, cold pages
+/// after the engine's commits) from the hand-off through `SyncClient`'s blocking pool.
+fn plain_status_reads(db: &str, done: Arc<AtomicBool>) -> std::thread::JoinHandle<Duration> {
+    let db = db.to_owned();
+    std::thread::spawn(move || {
+        let mut conn = SqliteConnection::establish(&db).expect("open a plain reader");
+        conn.batch_execute("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
+            .expect("plain reader pragmas");
+        let mut worst = Duration::ZERO;
+        while !done.load(Ordering::Relaxed) {
+            let asked = Instant::now();
+            conn.batch_execute(
+                "BEGIN; SELECT (SELECT COUNT(*) FROM _sync_dirty_rows) + (SELECT CASE WHEN state = 'none' \
+                 THEN 0 ELSE row_count END FROM _sync_outbox_bundle WHERE singleton_key = 1); \
+                 SELECT COUNT(*) FROM _sync_quarantine; COMMIT;",
+            )
+            .expect("plain status read");
+            worst = worst.max(asked.elapsed());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        worst
+    })
 }
 
 /// [`run_child_blocking`] off the async workers (the counting proxy runs on them).
@@ -510,9 +538,10 @@ fn run_child_blocking(
     let rss = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
     let waits: Vec<&str> = parts.collect();
     let note = match waits.as_slice() {
-        [ticker, status] => {
-            format!("worst 10 ms ticker lateness {ticker} ms, worst status read {status} ms")
-        }
+        [ticker, status, plain] => format!(
+            "worst 10 ms ticker lateness {ticker} ms, worst status read {status} ms \
+             (same SQL on a plain thread: {plain} ms)"
+        ),
         [applied] => applied.to_string(),
         _ => String::new(),
     };
