@@ -445,6 +445,9 @@ fn plain_status_reads(db: &str, done: Arc<AtomicBool>) -> std::thread::JoinHandl
         let mut worst = Duration::ZERO;
         while !done.load(Ordering::Relaxed) {
             let asked = Instant::now();
+            // The statements of the engine's `state::pending_row_count` and
+            // `quarantine::quarantined_count` (crate-private), in one read transaction as
+            // `pending_sync_status()` runs them: keep them equal when those change.
             conn.batch_execute(
                 "BEGIN; SELECT (SELECT COUNT(*) FROM _sync_dirty_rows) + (SELECT CASE WHEN state = 'none' \
                  THEN 0 ELSE row_count END FROM _sync_outbox_bundle WHERE singleton_key = 1); \
