@@ -1,8 +1,8 @@
 //! Pull: bundles committed by other devices, applied whole and in order up to the stable
-//! ceiling the first response fixes; the checkpoint moves in the same transaction as each
-//! bundle's rows.
+//! ceiling the first response fixes; the checkpoint moves in the same transaction as the
+//! bundles' rows, a few bundles per transaction.
 
-use crate::apply::{apply_effects, drop_orphans, drop_superseded, in_apply_transaction};
+use crate::apply::{RowEffect, apply_effects, drop_orphans, drop_superseded, in_apply_transaction};
 use crate::codec::invalid;
 use crate::error::{Error, Result};
 use crate::events::{Phase, SyncEvent};
@@ -13,6 +13,7 @@ use crate::transport::{PullEachError, PullPart};
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 use oversync_protocol::{Bundle, codes};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 /// What [`Oversync::pull_to_stable`] did.
@@ -72,6 +73,9 @@ impl Oversync<'_> {
         let mut run = PullRun {
             target: None,
             last: 0,
+            received: 0,
+            batch: Vec::new(),
+            batch_rows: 0,
             bundles_applied: 0,
             rows_applied: 0,
             own_rows_skipped: 0,
@@ -83,6 +87,7 @@ impl Oversync<'_> {
         loop {
             let attachment = state::attachment_state(self.conn)?;
             run.last = attachment.last_bundle_seq_seen;
+            run.received = run.last;
             if run.target.is_some_and(|t| run.last >= t) {
                 break;
             }
@@ -95,21 +100,21 @@ impl Oversync<'_> {
                     run.target,
                     |part| match part {
                         PullPart::Stable(stable) => run.ceiling(self.conn, stable),
-                        PullPart::Bundle(bundle) => self.apply_pulled(&mut run, bundle),
+                        PullPart::Bundle(bundle) => self.accept_pulled(&mut run, bundle),
                     },
                 )
                 .await;
-            let end = match page {
-                Ok(end) => end,
-                Err(PullEachError::Stopped(Stop::Blocked(pending_rows))) => {
-                    self.finish_pull(&run);
-                    return Ok(PullOutcome::BlockedByPendingChanges { pending_rows });
+            // Whatever ended the page, the bundles it buffered are complete and were checked:
+            // they are applied first, so the checkpoint holds every bundle that arrived whole.
+            let applied = self.apply_batch(&mut run);
+            let end = match (page, applied) {
+                (Err(PullEachError::Stopped(stop)), _) | (_, Err(stop)) => {
+                    return self.stopped(&run, stop);
                 }
-                Err(PullEachError::Stopped(Stop::Failed(e))) => {
-                    self.finish_pull(&run);
-                    return Err(e);
-                }
-                Err(PullEachError::Transport(e)) if e.code() == Some(codes::HISTORY_PRUNED) => {
+                (Ok(end), Ok(())) => end,
+                (Err(PullEachError::Transport(e)), Ok(()))
+                    if e.code() == Some(codes::HISTORY_PRUNED) =>
+                {
                     self.finish_pull(&run);
                     // Behind the retained history: only a snapshot catches up. It is taken
                     // at the server's head, so it ends this pull whatever it holds; pulling
@@ -124,7 +129,7 @@ impl Oversync<'_> {
                     caught_up?;
                     return self.pulled(&run);
                 }
-                Err(PullEachError::Transport(e)) => {
+                (Err(PullEachError::Transport(e)), Ok(())) => {
                     self.finish_pull(&run);
                     return Err(self.server_error(e));
                 }
@@ -155,6 +160,15 @@ impl Oversync<'_> {
         self.pulled(&run)
     }
 
+    /// Ends a pull that `stop` interrupted.
+    fn stopped(&self, run: &PullRun, stop: Stop) -> Result<PullOutcome> {
+        self.finish_pull(run);
+        match stop {
+            Stop::Blocked(pending_rows) => Ok(PullOutcome::BlockedByPendingChanges { pending_rows }),
+            Stop::Failed(e) => Err(e),
+        }
+    }
+
     /// The outcome of a pull that reached its ceiling.
     fn pulled(&mut self, run: &PullRun) -> Result<PullOutcome> {
         Ok(PullOutcome::UpToDate {
@@ -176,11 +190,12 @@ impl Oversync<'_> {
         }
     }
 
-    /// Applies one pulled bundle (or, for this device's own, moves the checkpoint over it)
-    /// in one transaction, as the answer streams in.
-    fn apply_pulled(&mut self, run: &mut PullRun, bundle: Bundle) -> Result<(), Stop> {
+    /// Checks and decodes one pulled bundle as the answer streams in, and buffers it; the
+    /// buffer is written by [`Oversync::apply_batch`] once it holds [`APPLY_BATCH_ROWS`]
+    /// rows, and at the end of the page.
+    fn accept_pulled(&mut self, run: &mut PullRun, bundle: Bundle) -> Result<(), Stop> {
         let started = Instant::now();
-        let last = run.last;
+        let last = run.received;
         let stable = run
             .target
             .ok_or_else(|| invalid("bundle before stable_bundle_seq"))?;
@@ -194,84 +209,137 @@ impl Oversync<'_> {
             .into());
         }
         let seq = bundle.bundle_seq;
-        if run
+        let rows = bundle.rows.len();
+        let own = run
             .replayed
             .get(&bundle.source_id)
-            .is_some_and(|next| bundle.source_bundle_id < *next)
-        {
-            // Our own bundle, already replayed: its rows are here (or overtaken by
-            // local changes pushed since). Only the checkpoint moves.
-            in_apply_transaction(self.conn, |conn| {
-                let pending_rows = state::pending_row_count(conn)?;
-                if pending_rows > 0 {
-                    return Ok(Err(Stop::Blocked(pending_rows)));
-                }
-                advance_checkpoint(conn, seq)?;
-                Ok(Ok(()))
-            })??;
-            run.last = seq;
-            run.bundles_applied += 1;
-            run.own_rows_skipped += bundle.rows.len() as u64;
-            run.apply_time += started.elapsed();
-            return Ok(());
-        }
-        let config = self.config;
-        let mut effects = Vec::with_capacity(bundle.rows.len());
-        for row in &bundle.rows {
-            effects.push(effect_from_wire(
-                config,
-                &self.rt.uuid_refs,
-                &row.schema,
-                &row.table,
-                &row.key,
-                row.op,
-                row.row_version,
-                row.payload.as_ref(),
-            )?);
-        }
+            .is_some_and(|next| bundle.source_bundle_id < *next);
+        // Our own bundle, already replayed: its rows are here (or overtaken by local
+        // changes pushed since), so only the checkpoint moves over it.
+        let effects = if own {
+            None
+        } else {
+            let config = self.config;
+            let mut effects = Vec::with_capacity(rows);
+            for row in &bundle.rows {
+                effects.push(effect_from_wire(
+                    config,
+                    &self.rt.uuid_refs,
+                    &row.schema,
+                    &row.table,
+                    &row.key,
+                    row.op,
+                    row.row_version,
+                    row.payload.as_ref(),
+                )?);
+            }
+            Some(effects)
+        };
         drop(bundle);
-        let rows = effects.len() as u64;
+        run.received = seq;
+        run.batch.push(Pulled {
+            seq,
+            rows: rows as u64,
+            effects,
+        });
+        run.batch_rows += rows;
+        run.apply_time += started.elapsed();
+        if run.batch_rows >= APPLY_BATCH_ROWS {
+            self.apply_batch(run)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered bundles in order in one transaction, and moves the checkpoint
+    /// over the last of them in it. One commit per bundle rewrote every page its rows
+    /// touched (random keys touch about one page per row) once per bundle, which made the
+    /// apply grow with the database; a few commits per page keep it flat.
+    fn apply_batch(&mut self, run: &mut PullRun) -> Result<(), Stop> {
+        let Some(last_seq) = run.batch.last().map(|b| b.seq) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let batch = std::mem::take(&mut run.batch);
+        run.batch_rows = 0;
+        let bundles = batch.len() as u64;
+        let (theirs, own) = batch.iter().fold((0, 0), |(theirs, own), b| {
+            if b.effects.is_some() {
+                (theirs + b.rows, own)
+            } else {
+                (theirs, own + b.rows)
+            }
+        });
         let ahead = run.ahead;
         let changed = in_apply_transaction(self.conn, |conn| {
             // Re-checked inside the transaction: the app (or another connection) may
             // have written while the page was downloading. That is the same state as
-            // the check above: nothing is applied and the caller pushes first.
+            // the check before the pull: nothing is applied and the caller pushes first.
             let pending_rows = state::pending_row_count(conn)?;
             if pending_rows > 0 {
                 return Ok(Err(Stop::Blocked(pending_rows)));
             }
-            // Another connection (the watcher, say) may have applied it already.
-            if state::attachment_state(conn)?.last_bundle_seq_seen >= seq {
-                return Ok(Ok(Default::default()));
+            // Another connection (the watcher, say) may have applied some already.
+            let seen = state::attachment_state(conn)?.last_bundle_seq_seen;
+            let mut changed = HashSet::new();
+            for bundle in batch.into_iter().filter(|b| b.seq > seen) {
+                if let Some(effects) = bundle.effects {
+                    changed.extend(apply_bundle(conn, effects, bundle.seq < ahead)?);
+                }
             }
-            let all = effects.len();
-            let effects = drop_superseded(conn, effects)?;
-            let dropped = effects.len() < all;
-            let upserted: std::collections::HashSet<String> = effects
-                .iter()
-                .filter(|e| e.values.is_some())
-                .map(|e| e.spec.table_name.to_string())
-                .collect();
-            let changed = apply_effects(conn, effects, &Default::default())?;
-            if dropped || seq < ahead {
-                drop_orphans(conn, &upserted)?;
-            }
-            advance_checkpoint(conn, seq)?;
+            advance_checkpoint(conn, last_seq)?;
             Ok(Ok(changed))
         })??;
         run.apply_time += started.elapsed();
         self.tables_changed(changed);
-        run.last = seq;
-        run.bundles_applied += 1;
-        run.rows_applied += rows;
-        self.emit(SyncEvent::Progress {
-            phase: Phase::Pull,
-            done: run.rows_applied,
-            total: None,
-        });
+        run.last = last_seq;
+        run.bundles_applied += bundles;
+        run.rows_applied += theirs;
+        run.own_rows_skipped += own;
+        if theirs > 0 {
+            self.emit(SyncEvent::Progress {
+                phase: Phase::Pull,
+                done: run.rows_applied,
+                total: None,
+            });
+        }
         Ok(())
     }
 }
+
+/// Applies one other device's bundle inside the caller's apply transaction. `behind_local`
+/// says local row state may be newer than this bundle, so an effect it drops may orphan a
+/// child (see [`PullRun::ahead`]).
+fn apply_bundle(
+    conn: &mut SqliteConnection,
+    effects: Vec<RowEffect>,
+    behind_local: bool,
+) -> Result<HashSet<&'static str>> {
+    let all = effects.len();
+    let effects = drop_superseded(conn, effects)?;
+    let dropped = effects.len() < all;
+    let upserted: HashSet<String> = effects
+        .iter()
+        .filter(|e| e.values.is_some())
+        .map(|e| e.spec.table_name.to_string())
+        .collect();
+    let changed = apply_effects(conn, effects, &Default::default())?;
+    if dropped || behind_local {
+        drop_orphans(conn, &upserted)?;
+    }
+    Ok(changed)
+}
+
+/// A bundle checked and decoded, waiting for its batch's transaction.
+struct Pulled {
+    seq: i64,
+    rows: u64,
+    /// `None` for this device's own bundle, already replayed: only the checkpoint moves.
+    effects: Option<Vec<RowEffect>>,
+}
+
+/// Rows of pulled bundles written per transaction (see [`Oversync::apply_batch`]); it bounds
+/// the decoded rows held in memory too.
+const APPLY_BATCH_ROWS: usize = 10_000;
 
 /// The state of one `pull_to_stable` across its pages.
 struct PullRun {
@@ -279,6 +347,12 @@ struct PullRun {
     target: Option<i64>,
     /// The checkpoint: the last bundle applied.
     last: i64,
+    /// The last bundle accepted from the answer: applied, or waiting in `batch`.
+    received: i64,
+    /// Bundles accepted and not yet applied, in order.
+    batch: Vec<Pulled>,
+    /// Rows in `batch`.
+    batch_rows: usize,
     bundles_applied: u64,
     rows_applied: u64,
     own_rows_skipped: u64,
