@@ -3,16 +3,17 @@
 //! triggers stay quiet; foreign keys are deferred to commit, so rows may arrive in any order
 //! (cycles included).
 //!
-//! Rows are written in multi-row statements, one prepared statement per batch: Diesel does
-//! not cache raw SQL, and preparing a statement on a synced table compiles its triggers.
+//! Rows are written in multi-row statements of a few fixed sizes, each prepared once per
+//! connection ([`crate::statement`]): preparing a statement on a synced table compiles its
+//! triggers.
 
 use crate::codec::SqlValue;
 use crate::error::Result;
+use crate::statement::{Bind, BindType, CachedStatement, marks, statement_sizes};
 use crate::table::TableSpec;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Binary, Double, Integer, Nullable, Text};
-use diesel::sqlite::Sqlite;
+use diesel::sql_types::{BigInt, Nullable, Text};
 use std::collections::{HashMap, HashSet};
 
 /// One authoritative row effect, validated and decoded.
@@ -47,22 +48,29 @@ pub(crate) fn drop_superseded(
         key_json: String,
     }
     let mut newer: HashSet<(String, String)> = HashSet::new();
-    for chunk in effects.chunks(MAX_PARAMS / 3) {
-        let sql = format!(
-            "SELECT rs.table_name, rs.key_json FROM (VALUES {}) AS e \
-             JOIN _sync_row_state AS rs ON rs.schema_name = 'main' AND rs.table_name = e.column1 \
-               AND rs.key_json = e.column2 WHERE rs.row_version > e.column3",
-            vec!["(?, ?, ?)"; chunk.len()].join(", ")
-        );
-        let mut q = diesel::sql_query(sql).into_boxed::<Sqlite>();
-        for e in chunk {
-            q = q
-                .bind::<Text, _>(e.spec.table_name)
-                .bind::<Text, _>(e.key_json.clone())
-                .bind::<BigInt, _>(e.row_version);
-        }
+    let mut texts: HashMap<usize, String> = HashMap::new();
+    let mut rest = effects.as_slice();
+    for size in statement_sizes(effects.len(), MAX_PARAMS / 3) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let sql = texts.entry(size).or_insert_with(|| {
+            format!(
+                "SELECT rs.table_name, rs.key_json FROM (VALUES {}) AS e \
+                 JOIN _sync_row_state AS rs ON rs.schema_name = 'main' AND rs.table_name = e.column1 \
+                   AND rs.key_json = e.column2 WHERE rs.row_version > e.column3",
+                vec![format!("({})", marks(3)); size].join(", ")
+            )
+        });
+        let query = CachedStatement::new(sql).bind_all(chunk.iter().flat_map(|e| {
+            [
+                Bind::Text(e.spec.table_name),
+                Bind::Text(&e.key_json),
+                Bind::Integer(e.row_version),
+            ]
+        }));
         newer.extend(
-            q.load::<Newer>(conn)?
+            query
+                .load::<Newer>(conn)?
                 .into_iter()
                 .map(|n| (n.table_name, n.key_json)),
         );
@@ -116,23 +124,11 @@ pub(crate) fn drop_orphans(conn: &mut SqliteConnection, tables: &HashSet<String>
 
 /// Upper bound of bound parameters per statement (SQLite's default limit is 32766).
 const MAX_PARAMS: usize = 30_000;
-const MAX_ROWS_PER_STATEMENT: usize = 500;
+/// Row effects gathered before they are written (one key twice flushes earlier).
+const ROWS_PER_FLUSH: usize = 512;
 
 fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn bind_value<'a>(
-    q: diesel::query_builder::BoxedSqlQuery<'a, Sqlite, diesel::query_builder::SqlQuery>,
-    value: SqlValue,
-) -> diesel::query_builder::BoxedSqlQuery<'a, Sqlite, diesel::query_builder::SqlQuery> {
-    match value {
-        SqlValue::Null => q.bind::<Nullable<Integer>, _>(None::<i32>),
-        SqlValue::Integer(i) => q.bind::<BigInt, _>(i),
-        SqlValue::Real(f) => q.bind::<Double, _>(f),
-        SqlValue::Text(t) => q.bind::<Text, _>(t),
-        SqlValue::Blob(b) => q.bind::<Binary, _>(b),
-    }
 }
 
 fn key_value(spec: &TableSpec, key: &str) -> Result<SqlValue> {
@@ -209,7 +205,7 @@ fn apply_inner(
                     .push(key_value(effect.spec, &effect.key)?),
             }
         }
-        if batch.row_states.len() >= MAX_ROWS_PER_STATEMENT {
+        if batch.row_states.len() >= ROWS_PER_FLUSH {
             batch.flush(conn, &mut changed)?;
         }
     }
@@ -251,51 +247,65 @@ fn upsert_rows(
     rows: Vec<Vec<SqlValue>>,
 ) -> Result<()> {
     let columns: Vec<String> = spec.columns.iter().map(|c| ident(c.name)).collect();
+    let types: Vec<BindType> = spec.columns.iter().map(BindType::of_column).collect();
     let updates: Vec<String> = spec
         .columns
         .iter()
         .filter(|c| !c.name.eq_ignore_ascii_case(spec.key_column))
         .map(|c| format!("{0} = excluded.{0}", ident(c.name)))
         .collect();
-    let placeholder = format!("({})", vec!["?"; columns.len()].join(", "));
-    let per_statement = (MAX_PARAMS / columns.len().max(1)).clamp(1, MAX_ROWS_PER_STATEMENT);
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<Vec<SqlValue>> = rows.by_ref().take(per_statement).collect();
-        let conflict = if updates.is_empty() {
-            "DO NOTHING".to_string()
-        } else {
-            format!("DO UPDATE SET {}", updates.join(", "))
-        };
-        let sql = format!(
-            "INSERT INTO {} ({}) VALUES {} ON CONFLICT({}) {conflict}",
-            ident(spec.table_name),
-            columns.join(", "),
-            vec![placeholder.as_str(); chunk.len()].join(", "),
-            ident(spec.key_column),
-        );
-        let mut q = diesel::sql_query(sql).into_boxed::<Sqlite>();
-        for value in chunk.into_iter().flatten() {
-            q = bind_value(q, value);
-        }
-        q.execute(conn)?;
+    let conflict = if updates.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        format!("DO UPDATE SET {}", updates.join(", "))
+    };
+    let placeholder = format!("({})", marks(columns.len()));
+    let mut texts: HashMap<usize, String> = HashMap::new();
+    let mut rest = rows.as_slice();
+    for size in statement_sizes(rows.len(), MAX_PARAMS / columns.len().max(1)) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let sql = texts.entry(size).or_insert_with(|| {
+            format!(
+                "INSERT INTO {} ({}) VALUES {} ON CONFLICT({}) {conflict}",
+                ident(spec.table_name),
+                columns.join(", "),
+                vec![placeholder.as_str(); size].join(", "),
+                ident(spec.key_column),
+            )
+        });
+        CachedStatement::new(sql)
+            .bind_all(chunk.iter().flat_map(|row| {
+                row.iter()
+                    .zip(types.iter().copied())
+                    .map(|(value, ty)| Bind::Value(value, ty))
+            }))
+            .execute(conn)?;
     }
     Ok(())
 }
 
 fn delete_rows(conn: &mut SqliteConnection, spec: &TableSpec, keys: Vec<SqlValue>) -> Result<()> {
-    for chunk in keys.chunks(MAX_ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "DELETE FROM {} WHERE {} IN ({})",
-            ident(spec.table_name),
-            ident(spec.key_column),
-            vec!["?"; chunk.len()].join(", ")
-        );
-        let mut q = diesel::sql_query(sql).into_boxed::<Sqlite>();
-        for key in chunk {
-            q = bind_value(q, key.clone());
-        }
-        q.execute(conn)?;
+    let ty = match spec.key_kind {
+        crate::KeyKind::Text => BindType::Text,
+        crate::KeyKind::Blob => BindType::Blob,
+    };
+    let mut texts: HashMap<usize, String> = HashMap::new();
+    let mut rest = keys.as_slice();
+    for size in statement_sizes(keys.len(), MAX_PARAMS) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let sql = texts.entry(size).or_insert_with(|| {
+            format!(
+                "DELETE FROM {} WHERE {} IN ({})",
+                ident(spec.table_name),
+                ident(spec.key_column),
+                marks(size)
+            )
+        });
+        CachedStatement::new(sql)
+            .bind_all(chunk.iter().map(|key| Bind::Value(key, ty)))
+            .execute(conn)?;
     }
     Ok(())
 }
@@ -304,24 +314,32 @@ fn upsert_row_states(
     conn: &mut SqliteConnection,
     states: Vec<(&'static str, String, i64, bool)>,
 ) -> Result<()> {
-    for chunk in states.chunks(MAX_ROWS_PER_STATEMENT) {
-        if chunk.is_empty() {
-            continue;
-        }
-        let sql = format!(
-            "INSERT INTO _sync_row_state(schema_name, table_name, key_json, row_version, deleted) VALUES {} \
-             ON CONFLICT(schema_name, table_name, key_json) DO UPDATE SET row_version = excluded.row_version, deleted = excluded.deleted",
-            vec!["('main', ?, ?, ?, ?)"; chunk.len()].join(", ")
-        );
-        let mut q = diesel::sql_query(sql).into_boxed::<Sqlite>();
-        for (table, key_json, version, deleted) in chunk {
-            q = q
-                .bind::<Text, _>(*table)
-                .bind::<Text, _>(key_json.clone())
-                .bind::<BigInt, _>(*version)
-                .bind::<Integer, _>(i32::from(*deleted));
-        }
-        q.execute(conn)?;
+    let mut texts: HashMap<usize, String> = HashMap::new();
+    let mut rest = states.as_slice();
+    for size in statement_sizes(states.len(), MAX_PARAMS / 4) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let sql = texts.entry(size).or_insert_with(|| {
+            format!(
+                "INSERT INTO _sync_row_state(schema_name, table_name, key_json, row_version, deleted) VALUES {} \
+                 ON CONFLICT(schema_name, table_name, key_json) DO UPDATE SET row_version = excluded.row_version, deleted = excluded.deleted",
+                vec![format!("('main', {})", marks(4)); size].join(", ")
+            )
+        });
+        CachedStatement::new(sql)
+            .bind_all(
+                chunk
+                    .iter()
+                    .flat_map(|(table, key_json, version, deleted)| {
+                        [
+                            Bind::Text(table),
+                            Bind::Text(key_json),
+                            Bind::Integer(*version),
+                            Bind::Integer(i64::from(*deleted)),
+                        ]
+                    }),
+            )
+            .execute(conn)?;
     }
     Ok(())
 }

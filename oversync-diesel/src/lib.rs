@@ -89,6 +89,7 @@ mod quarantine;
 pub mod server_schema;
 mod snapshot;
 mod state;
+mod statement;
 mod status;
 mod table;
 mod temporal;

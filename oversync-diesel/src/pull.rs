@@ -164,7 +164,9 @@ impl Oversync<'_> {
     fn stopped(&self, run: &PullRun, stop: Stop) -> Result<PullOutcome> {
         self.finish_pull(run);
         match stop {
-            Stop::Blocked(pending_rows) => Ok(PullOutcome::BlockedByPendingChanges { pending_rows }),
+            Stop::Blocked(pending_rows) => {
+                Ok(PullOutcome::BlockedByPendingChanges { pending_rows })
+            }
             Stop::Failed(e) => Err(e),
         }
     }
