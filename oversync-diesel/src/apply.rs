@@ -165,7 +165,7 @@ fn apply_inner(
     keep_local: &HashSet<(String, String)>,
     record_state: bool,
 ) -> Result<HashSet<&'static str>> {
-    conn.batch_execute("PRAGMA defer_foreign_keys = ON")?;
+    defer_foreign_keys(conn)?;
     let mut changed = HashSet::new();
     let mut batch = Batch::default();
     for effect in effects {
@@ -211,6 +211,22 @@ fn apply_inner(
     }
     batch.flush(conn, &mut changed)?;
     Ok(changed)
+}
+
+/// Defers foreign-key checks to the commit of the caller's transaction. Setting the pragma
+/// expires every prepared statement of the connection (SQLite prepares each again), and a
+/// commit turns it off, so it is set once per transaction, not once per call.
+fn defer_foreign_keys(conn: &mut SqliteConnection) -> Result<()> {
+    #[derive(QueryableByName)]
+    struct Deferred {
+        #[diesel(sql_type = BigInt)]
+        defer_foreign_keys: i64,
+    }
+    let deferred: Deferred = diesel::sql_query("PRAGMA defer_foreign_keys").get_result(conn)?;
+    if deferred.defer_foreign_keys == 0 {
+        conn.batch_execute("PRAGMA defer_foreign_keys = ON")?;
+    }
+    Ok(())
 }
 
 #[derive(Default)]

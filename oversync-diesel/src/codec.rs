@@ -37,7 +37,20 @@ pub(crate) fn is_uuid_column(spec: &TableSpec, refs: &UuidRefs, name: &str) -> b
             .is_some_and(|c| c.is_blob && c.kind == ValueKind::Uuid)
         || refs
             .get(spec.table_name)
-            .is_some_and(|cols| cols.contains(&name.to_lowercase()))
+            .is_some_and(|cols| cols.contains(wire_name(name).as_ref()))
+}
+
+/// A column name as it travels: lowercase. Borrowed when it already is (the common case, and
+/// a pull looks every column of every row up by it).
+pub(crate) fn wire_name(name: &str) -> std::borrow::Cow<'_, str> {
+    if name
+        .bytes()
+        .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+    {
+        std::borrow::Cow::Borrowed(name)
+    } else {
+        std::borrow::Cow::Owned(name.to_lowercase())
+    }
 }
 
 pub(crate) fn invalid(what: impl Into<String>) -> Error {
@@ -47,7 +60,8 @@ pub(crate) fn invalid(what: impl Into<String>) -> Error {
 fn parse_uuid(text: &str) -> Option<uuid::Uuid> {
     let id = uuid::Uuid::try_parse(text).ok()?;
     // Only the canonical form: lowercase, dashed, 36 characters.
-    (id.hyphenated().to_string() == text).then_some(id)
+    let mut canonical = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    (id.hyphenated().encode_lower(&mut canonical) == text).then_some(id)
 }
 
 /// Local key value (as in `key_json`) -> wire UUID string.
@@ -75,8 +89,8 @@ pub(crate) fn key_wire_to_local(
     spec: &TableSpec,
     key: &Map<String, Value>,
 ) -> Result<(String, String)> {
-    let column = spec.key_column.to_lowercase();
-    let value = match (key.len(), key.get(&column)) {
+    let column = wire_name(spec.key_column);
+    let value = match (key.len(), key.get(column.as_ref())) {
         (1, Some(Value::String(s))) => s,
         _ => {
             return Err(invalid(format!(
@@ -102,12 +116,25 @@ pub(crate) fn key_wire_to_local(
 
 /// The `key_json` the triggers write for a key value: `{"<column>":"<value>"}`.
 pub(crate) fn local_key_json(spec: &TableSpec, local: &str) -> String {
-    let mut map = Map::new();
-    map.insert(
-        spec.key_column.to_lowercase(),
-        Value::String(local.to_string()),
-    );
-    Value::Object(map).to_string()
+    // What serializing `{column: local}` as a JSON object gives, without building one.
+    let mut json = String::with_capacity(local.len() + spec.key_column.len() + 7);
+    json.push('{');
+    push_json_string(&mut json, &wire_name(spec.key_column));
+    json.push(':');
+    push_json_string(&mut json, local);
+    json.push('}');
+    json
+}
+
+fn push_json_string(out: &mut String, text: &str) {
+    // serde_json escapes only quotes, backslashes and control characters.
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    } else {
+        out.push_str(&Value::from(text).to_string());
+    }
 }
 
 /// The key value inside a local `key_json`.
@@ -327,8 +354,8 @@ pub(crate) fn sql_values(
     check_payload_columns(spec, wire)?;
     let mut out = Vec::with_capacity(spec.columns.len());
     for col in spec.columns {
-        let name = col.name.to_lowercase();
-        let value = wire.get(&name).ok_or_else(|| {
+        let name = wire_name(col.name);
+        let value = wire.get(name.as_ref()).ok_or_else(|| {
             invalid(format!(
                 "{}: payload lacks column {}",
                 spec.table_name, col.name
@@ -405,7 +432,7 @@ pub(crate) fn check_payload_key(
     wire_key: &str,
     payload: &Map<String, Value>,
 ) -> Result<()> {
-    match payload.get(&spec.key_column.to_lowercase()) {
+    match payload.get(wire_name(spec.key_column).as_ref()) {
         Some(Value::String(s)) if s == wire_key => Ok(()),
         other => Err(invalid(format!(
             "{}: payload key {other:?} does not match row key {wire_key}",
@@ -417,6 +444,29 @@ pub(crate) fn check_payload_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `local_key_json` is byte for byte what serializing the object gives (the triggers'
+    /// `json_object` writes the same), for plain and escaped text and any column case.
+    #[test]
+    fn local_key_json_matches_serde_json() {
+        for column in ["id", "Id", "Ünïcode_ID"] {
+            let spec = TableSpec {
+                key_column: column,
+                ..SPEC
+            };
+            for local in [
+                "0b4ea6b4-6f1b-4e5c-9d1b-3c2f8e0e9a11",
+                "a\"b",
+                "x\\y",
+                "t\tab\u{1}",
+                "é",
+            ] {
+                let mut map = Map::new();
+                map.insert(column.to_lowercase(), Value::String(local.to_string()));
+                assert_eq!(local_key_json(&spec, local), Value::Object(map).to_string());
+            }
+        }
+    }
 
     const SPEC: TableSpec = TableSpec {
         table_name: "files",

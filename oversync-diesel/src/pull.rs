@@ -80,6 +80,8 @@ impl Oversync<'_> {
             rows_applied: 0,
             own_rows_skipped: 0,
             replayed: replayed_source_bundles(self.conn)?,
+            // Read before `ahead`: a commit by another connection in between changes it.
+            data_version: state::data_version(self.conn)?,
             ahead: state::newest_row_version(self.conn)?,
             apply_time: Duration::ZERO,
         };
@@ -271,7 +273,7 @@ impl Oversync<'_> {
                 (theirs, own + b.rows)
             }
         });
-        let ahead = run.ahead;
+        let (mut ahead, mut data_version) = (run.ahead, run.data_version);
         let changed = in_apply_transaction(self.conn, |conn| {
             // Re-checked inside the transaction: the app (or another connection) may
             // have written while the page was downloading. That is the same state as
@@ -282,6 +284,13 @@ impl Oversync<'_> {
             }
             // Another connection (the watcher, say) may have applied some already.
             let seen = state::attachment_state(conn)?.last_bundle_seq_seen;
+            // Or replayed a push, which writes row versions above the checkpoint: `ahead`
+            // is only read again when some other connection committed since.
+            let version = state::data_version(conn)?;
+            if version != data_version {
+                data_version = version;
+                ahead = state::newest_row_version(conn)?;
+            }
             let mut changed = HashSet::new();
             for bundle in batch.into_iter().filter(|b| b.seq > seen) {
                 if let Some(effects) = bundle.effects {
@@ -292,6 +301,7 @@ impl Oversync<'_> {
             Ok(Ok(changed))
         })??;
         run.apply_time += started.elapsed();
+        (run.ahead, run.data_version) = (ahead, data_version);
         self.tables_changed(changed);
         run.last = last_seq;
         run.bundles_applied += bundles;
@@ -309,25 +319,24 @@ impl Oversync<'_> {
 }
 
 /// Applies one other device's bundle inside the caller's apply transaction. `behind_local`
-/// says local row state may be newer than this bundle, so an effect it drops may orphan a
-/// child (see [`PullRun::ahead`]).
+/// says local row state may be newer than this bundle: only then can an effect be
+/// superseded, and a dropped one orphan a child (see [`PullRun::ahead`]).
 fn apply_bundle(
     conn: &mut SqliteConnection,
     effects: Vec<RowEffect>,
     behind_local: bool,
 ) -> Result<HashSet<&'static str>> {
-    let all = effects.len();
+    if !behind_local {
+        return apply_effects(conn, effects, &Default::default());
+    }
     let effects = drop_superseded(conn, effects)?;
-    let dropped = effects.len() < all;
     let upserted: HashSet<String> = effects
         .iter()
         .filter(|e| e.values.is_some())
         .map(|e| e.spec.table_name.to_string())
         .collect();
     let changed = apply_effects(conn, effects, &Default::default())?;
-    if dropped || behind_local {
-        drop_orphans(conn, &upserted)?;
-    }
+    drop_orphans(conn, &upserted)?;
     Ok(changed)
 }
 
@@ -364,6 +373,8 @@ struct PullRun {
     /// resolution): bundles below this may lose a parent to `drop_superseded` and leave its
     /// child orphaned, in that bundle or a later one, so those bundles are checked.
     ahead: i64,
+    /// [`state::data_version`] when `ahead` was read.
+    data_version: i64,
     /// Time spent validating and writing bundles locally (no network).
     apply_time: Duration,
 }

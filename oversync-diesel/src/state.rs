@@ -208,6 +208,18 @@ pub(crate) fn rotate_source_locally(
     Ok(fresh)
 }
 
+/// SQLite's `PRAGMA data_version`: it changes when another connection commits to the
+/// database, never for this connection's own commits.
+pub(crate) fn data_version(conn: &mut SqliteConnection) -> QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Version {
+        #[diesel(sql_type = BigInt)]
+        data_version: i64,
+    }
+    let v: Version = sql_query("PRAGMA data_version").get_result(conn)?;
+    Ok(v.data_version)
+}
+
 /// The highest row version in `_sync_row_state` (0 when empty).
 pub(crate) fn newest_row_version(conn: &mut SqliteConnection) -> QueryResult<i64> {
     #[derive(QueryableByName)]

@@ -336,22 +336,32 @@ impl PullBodyDecoder {
                 }
             }
         }
-        for (i, &b) in bytes.iter().enumerate().skip(s.len) {
+        let mut i = s.len;
+        while i < bytes.len() {
             if s.in_string {
                 if s.escaped {
                     s.escaped = false;
-                } else if b == b'\\' {
+                    i += 1;
+                    continue;
+                }
+                // Most of a bundle is string content: jump to the next quote or backslash.
+                let Some(at) = bytes[i..].iter().position(|&b| b == b'"' || b == b'\\') else {
+                    break;
+                };
+                i += at;
+                if bytes[i] == b'\\' {
                     s.escaped = true;
-                } else if b == b'"' {
+                } else {
                     s.in_string = false;
                     if s.depth == 0 {
                         self.scan = Scan::default();
                         return Some(start + i + 1);
                     }
                 }
+                i += 1;
                 continue;
             }
-            match b {
+            match bytes[i] {
                 b'"' => s.in_string = true,
                 b'{' | b'[' => s.depth += 1,
                 b'}' | b']' => {
@@ -363,6 +373,7 @@ impl PullBodyDecoder {
                 }
                 _ => {}
             }
+            i += 1;
         }
         s.len = bytes.len();
         if at_end {
