@@ -9,6 +9,7 @@ use crate::events::{Phase, SyncEvent};
 use crate::handle::Oversync;
 use crate::push::effect_from_wire;
 use crate::state;
+use crate::statement::{Bind, CachedStatement, marks, statement_sizes};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
@@ -249,6 +250,7 @@ impl Oversync<'_> {
             .batch_execute("DELETE FROM _sync_snapshot_stage")?;
         let mut after = 0i64;
         let mut staged = 0u64;
+        let mut stage_texts: std::collections::HashMap<usize, String> = Default::default();
         let mut peak = 0u64;
         // Time spent validating and writing rows locally (the rest waits on the network).
         let mut local_time = std::time::Duration::ZERO;
@@ -300,29 +302,49 @@ impl Oversync<'_> {
                     )));
                 }
             }
-            for (i, rows) in chunk.rows.chunks(500).enumerate() {
-                let sql = format!(
-                    "INSERT INTO _sync_snapshot_stage(snapshot_id, row_ordinal, schema_name, table_name, key_json, row_version, payload) VALUES {}",
-                    vec!["(?, ?, ?, ?, ?, ?, ?)"; rows.len()].join(", ")
-                );
-                let mut q = diesel::sql_query(sql).into_boxed::<Sqlite>();
-                for (j, row) in rows.iter().enumerate() {
-                    q = q
-                        .bind::<Text, _>(session.snapshot_id.clone())
-                        .bind::<BigInt, _>(staged as i64 + (i * 500 + j) as i64)
-                        .bind::<Text, _>(row.schema.clone())
-                        .bind::<Text, _>(row.table.clone())
-                        .bind::<Text, _>(Value::Object(row.key.clone()).to_string())
-                        .bind::<BigInt, _>(row.row_version)
-                        .bind::<Text, _>(row.payload.to_string());
+            let mut rest = chunk.rows.as_slice();
+            let mut ordinal = staged as i64;
+            for size in statement_sizes(rest.len(), STAGE_ROWS_PER_STATEMENT) {
+                let (rows, tail) = rest.split_at(size);
+                rest = tail;
+                let sql = stage_texts.entry(size).or_insert_with(|| {
+                    format!(
+                        "INSERT INTO _sync_snapshot_stage(snapshot_id, row_ordinal, schema_name, table_name, key_json, row_version, payload) VALUES {}",
+                        vec![format!("({})", marks(7)); size].join(", ")
+                    )
+                });
+                let texts: Vec<(String, String)> = rows
+                    .iter()
+                    .map(|row| {
+                        (
+                            Value::Object(row.key.clone()).to_string(),
+                            row.payload.to_string(),
+                        )
+                    })
+                    .collect();
+                let mut binds = Vec::with_capacity(size * 7);
+                for (row, (key_json, payload)) in rows.iter().zip(&texts) {
+                    binds.extend([
+                        Bind::Text(&session.snapshot_id),
+                        Bind::Integer(ordinal),
+                        Bind::Text(&row.schema),
+                        Bind::Text(&row.table),
+                        Bind::Text(key_json),
+                        Bind::Integer(row.row_version),
+                        Bind::Text(payload),
+                    ]);
+                    ordinal += 1;
                 }
-                q.execute(self.conn).map_err(|e| match e {
-                    diesel::result::Error::DatabaseError(
-                        diesel::result::DatabaseErrorKind::UniqueViolation,
-                        _,
-                    ) => invalid("snapshot lists a key twice"),
-                    other => other.into(),
-                })?;
+                CachedStatement::new(sql)
+                    .bind_all(binds)
+                    .execute(self.conn)
+                    .map_err(|e| match e {
+                        diesel::result::Error::DatabaseError(
+                            diesel::result::DatabaseErrorKind::UniqueViolation,
+                            _,
+                        ) => invalid("snapshot lists a key twice"),
+                        other => other.into(),
+                    })?;
             }
             local_time += local.elapsed();
             staged += chunk.rows.len() as u64;
@@ -441,6 +463,9 @@ impl Oversync<'_> {
         Ok((report, replaced))
     }
 }
+
+/// Rows per staging statement at most: seven binds each, under SQLite's 32,766.
+const STAGE_ROWS_PER_STATEMENT: usize = 4_000;
 
 /// Refuses a snapshot session the rest of the rebuild cannot trust.
 fn check_session(session: &oversync_protocol::SnapshotSession) -> Result<()> {
