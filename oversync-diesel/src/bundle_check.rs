@@ -13,6 +13,7 @@
 use crate::codec::{self, UuidRefs};
 use crate::config::OversyncConfig;
 use crate::error::Result;
+use crate::statement::{Bind, CachedStatement};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text};
 use oversync_protocol::Op;
@@ -143,11 +144,11 @@ fn row_mismatch(
     let Ok((_, key_json)) = codec::key_wire_to_local(spec, &key) else {
         return Ok(RowCheck::Differs("key is not this table's key".into()));
     };
-    let frozen: Option<Frozen> = diesel::sql_query(
-        "SELECT op, local_payload FROM _sync_outbox_rows WHERE table_name = ? AND key_json = ?",
+    // Once per committed row: a cached statement, not one prepared per row.
+    let frozen: Option<Frozen> = CachedStatement::new(
+        "SELECT op, local_payload FROM _sync_outbox_rows WHERE table_name = \0 AND key_json = \0",
     )
-    .bind::<Text, _>(spec.table_name)
-    .bind::<Text, _>(&key_json)
+    .bind_all([Bind::Text(spec.table_name), Bind::Text(&key_json)])
     .get_result(conn)
     .optional()?;
     let Some(frozen) = frozen else {

@@ -15,6 +15,7 @@
 //!    checkpoint, and clears the outbox.
 
 use crate::apply::{RowEffect, apply_effects, in_apply_transaction};
+use crate::codec::SqlValue;
 use crate::codec::{self, invalid};
 use crate::conflict::{Conflict, Resolution, merged_to_wire};
 use crate::error::{Error, Result};
@@ -22,16 +23,17 @@ use crate::events::{Phase, SyncEvent};
 use crate::handle::Oversync;
 use crate::quarantine::{RowRejection, row_rejection};
 use crate::state;
+use crate::statement::{Bind, BindType, CachedStatement, marks, statement_sizes};
 use crate::transport::TransportError;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text};
-use diesel::sqlite::Sqlite;
 use oversync_protocol::{
     BundleHasher, BundleRow, Op, PushConflictResponse, PushRequestRow, PushSessionChunkRequest,
     PushSessionCreateRequest, PushSessionCreateResponse, codes,
 };
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 
 /// What [`Oversync::push_pending`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -715,30 +717,52 @@ impl Oversync<'_> {
         }
     }
 
+    /// Stages one page of the committed bundle (eight binds per row).
     fn stage_push_rows(
         &mut self,
         bundle_seq: i64,
         first_ordinal: i64,
         rows: &[BundleRow],
     ) -> Result<()> {
-        for (chunk_index, chunk) in rows.chunks(500).enumerate() {
-            let sql = format!(
-                "INSERT INTO _sync_push_stage(bundle_seq, row_ordinal, schema_name, table_name, key_json, op, row_version, payload) VALUES {}",
-                vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
-            );
-            let mut q = diesel::sql_query(sql).into_boxed::<Sqlite>();
-            for (i, row) in chunk.iter().enumerate() {
-                q = q
-                    .bind::<BigInt, _>(bundle_seq)
-                    .bind::<BigInt, _>(first_ordinal + (chunk_index * 500 + i) as i64)
-                    .bind::<Text, _>(row.schema.clone())
-                    .bind::<Text, _>(row.table.clone())
-                    .bind::<Text, _>(Value::Object(row.key.clone()).to_string())
-                    .bind::<Text, _>(row.op.as_str())
-                    .bind::<BigInt, _>(row.row_version)
-                    .bind::<Nullable<Text>, _>(row.payload.as_ref().map(Value::to_string));
+        let mut texts: HashMap<usize, String> = HashMap::new();
+        let mut rest = rows;
+        let mut ordinal = first_ordinal;
+        for size in statement_sizes(rest.len(), PUSH_STAGE_ROWS_PER_STATEMENT) {
+            let (chunk, tail) = rest.split_at(size);
+            rest = tail;
+            let sql = texts.entry(size).or_insert_with(|| {
+                format!(
+                    "INSERT INTO _sync_push_stage(bundle_seq, row_ordinal, schema_name, table_name, key_json, op, row_version, payload) VALUES {}",
+                    vec![format!("({})", marks(8)); size].join(", ")
+                )
+            });
+            let texts: Vec<(String, SqlValue)> = chunk
+                .iter()
+                .map(|row| {
+                    let payload = row.payload.as_ref();
+                    (
+                        Value::Object(row.key.clone()).to_string(),
+                        payload.map_or(SqlValue::Null, |p| SqlValue::Text(p.to_string())),
+                    )
+                })
+                .collect();
+            let mut binds = Vec::with_capacity(size * 8);
+            for (row, (key_json, payload)) in chunk.iter().zip(&texts) {
+                binds.extend([
+                    Bind::Integer(bundle_seq),
+                    Bind::Integer(ordinal),
+                    Bind::Text(&row.schema),
+                    Bind::Text(&row.table),
+                    Bind::Text(key_json),
+                    Bind::Text(row.op.as_str()),
+                    Bind::Integer(row.row_version),
+                    Bind::Value(payload, BindType::Text),
+                ]);
+                ordinal += 1;
             }
-            q.execute(self.conn)?;
+            CachedStatement::new(sql)
+                .bind_all(binds)
+                .execute(self.conn)?;
         }
         Ok(())
     }
@@ -1239,6 +1263,10 @@ fn rebase_dirty_rows_for_key(
     .execute(conn)?;
     Ok(())
 }
+
+/// Rows per statement staging the committed bundle at most: eight binds each, under SQLite's
+/// 32,766.
+const PUSH_STAGE_ROWS_PER_STATEMENT: usize = 4_000;
 
 #[cfg(test)]
 mod tests {
