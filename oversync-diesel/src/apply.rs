@@ -9,7 +9,7 @@
 
 use crate::codec::SqlValue;
 use crate::error::Result;
-use crate::statement::{Bind, BindType, CachedStatement, marks, statement_sizes};
+use crate::statement::{Bind, BindType, CachedStatement, Template, marks, statement_sizes};
 use crate::table::TableSpec;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -48,18 +48,18 @@ pub(crate) fn drop_superseded(
         key_json: String,
     }
     let mut newer: HashSet<(String, String)> = HashSet::new();
-    let mut texts: HashMap<usize, String> = HashMap::new();
+    let mut texts: HashMap<usize, Template> = HashMap::new();
     let mut rest = effects.as_slice();
     for size in statement_sizes(effects.len(), MAX_PARAMS / 3) {
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
         let sql = texts.entry(size).or_insert_with(|| {
-            format!(
+            Template::new(format!(
                 "SELECT rs.table_name, rs.key_json FROM (VALUES {}) AS e \
                  JOIN _sync_row_state AS rs ON rs.schema_name = 'main' AND rs.table_name = e.column1 \
                    AND rs.key_json = e.column2 WHERE rs.row_version > e.column3",
                 vec![format!("({})", marks(3)); size].join(", ")
-            )
+            ))
         });
         let query = CachedStatement::new(sql).bind_all(chunk.iter().flat_map(|e| {
             [
@@ -276,19 +276,19 @@ fn upsert_rows(
         format!("DO UPDATE SET {}", updates.join(", "))
     };
     let placeholder = format!("({})", marks(columns.len()));
-    let mut texts: HashMap<usize, String> = HashMap::new();
+    let mut texts: HashMap<usize, Template> = HashMap::new();
     let mut rest = rows.as_slice();
     for size in statement_sizes(rows.len(), MAX_PARAMS / columns.len().max(1)) {
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
         let sql = texts.entry(size).or_insert_with(|| {
-            format!(
+            Template::new(format!(
                 "INSERT INTO {} ({}) VALUES {} ON CONFLICT({}) {conflict}",
                 ident(spec.table_name),
                 columns.join(", "),
                 vec![placeholder.as_str(); size].join(", "),
                 ident(spec.key_column),
-            )
+            ))
         });
         CachedStatement::new(sql)
             .bind_all(chunk.iter().flat_map(|row| {
@@ -306,18 +306,18 @@ fn delete_rows(conn: &mut SqliteConnection, spec: &TableSpec, keys: Vec<SqlValue
         crate::KeyKind::Text => BindType::Text,
         crate::KeyKind::Blob => BindType::Blob,
     };
-    let mut texts: HashMap<usize, String> = HashMap::new();
+    let mut texts: HashMap<usize, Template> = HashMap::new();
     let mut rest = keys.as_slice();
     for size in statement_sizes(keys.len(), MAX_PARAMS) {
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
         let sql = texts.entry(size).or_insert_with(|| {
-            format!(
+            Template::new(format!(
                 "DELETE FROM {} WHERE {} IN ({})",
                 ident(spec.table_name),
                 ident(spec.key_column),
                 marks(size)
-            )
+            ))
         });
         CachedStatement::new(sql)
             .bind_all(chunk.iter().map(|key| Bind::Value(key, ty)))
@@ -330,17 +330,17 @@ fn upsert_row_states(
     conn: &mut SqliteConnection,
     states: Vec<(&'static str, String, i64, bool)>,
 ) -> Result<()> {
-    let mut texts: HashMap<usize, String> = HashMap::new();
+    let mut texts: HashMap<usize, Template> = HashMap::new();
     let mut rest = states.as_slice();
     for size in statement_sizes(states.len(), MAX_PARAMS / 4) {
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
         let sql = texts.entry(size).or_insert_with(|| {
-            format!(
+            Template::new(format!(
                 "INSERT INTO _sync_row_state(schema_name, table_name, key_json, row_version, deleted) VALUES {} \
                  ON CONFLICT(schema_name, table_name, key_json) DO UPDATE SET row_version = excluded.row_version, deleted = excluded.deleted",
                 vec![format!("('main', {})", marks(4)); size].join(", ")
-            )
+            ))
         });
         CachedStatement::new(sql)
             .bind_all(

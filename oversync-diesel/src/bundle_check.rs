@@ -13,11 +13,12 @@
 use crate::codec::{self, UuidRefs};
 use crate::config::OversyncConfig;
 use crate::error::Result;
-use crate::statement::{Bind, CachedStatement};
+use crate::statement::{Bind, CachedStatement, Template};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text};
 use oversync_protocol::Op;
 use serde_json::{Map, Value};
+use std::sync::LazyLock;
 
 #[derive(QueryableByName)]
 struct Count {
@@ -145,12 +146,16 @@ fn row_mismatch(
         return Ok(RowCheck::Differs("key is not this table's key".into()));
     };
     // Once per committed row: a cached statement, not one prepared per row.
-    let frozen: Option<Frozen> = CachedStatement::new(
-        "SELECT op, local_payload FROM _sync_outbox_rows WHERE table_name = \0 AND key_json = \0",
-    )
-    .bind_all([Bind::Text(spec.table_name), Bind::Text(&key_json)])
-    .get_result(conn)
-    .optional()?;
+    static FROZEN_ROW: LazyLock<Template> = LazyLock::new(|| {
+        Template::new(
+            "SELECT op, local_payload FROM _sync_outbox_rows WHERE table_name = \0 AND key_json = \0"
+                .into(),
+        )
+    });
+    let frozen: Option<Frozen> = CachedStatement::new(&FROZEN_ROW)
+        .bind_all([Bind::Text(spec.table_name), Bind::Text(&key_json)])
+        .get_result(conn)
+        .optional()?;
     let Some(frozen) = frozen else {
         return Ok(RowCheck::ServerEffect);
     };

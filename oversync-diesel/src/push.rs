@@ -23,7 +23,7 @@ use crate::events::{Phase, SyncEvent};
 use crate::handle::Oversync;
 use crate::quarantine::{RowRejection, row_rejection};
 use crate::state;
-use crate::statement::{Bind, BindType, CachedStatement, marks, statement_sizes};
+use crate::statement::{Bind, BindType, CachedStatement, Template, marks, statement_sizes};
 use crate::transport::TransportError;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -724,17 +724,17 @@ impl Oversync<'_> {
         first_ordinal: i64,
         rows: &[BundleRow],
     ) -> Result<()> {
-        let mut texts: HashMap<usize, String> = HashMap::new();
+        let mut texts: HashMap<usize, Template> = HashMap::new();
         let mut rest = rows;
         let mut ordinal = first_ordinal;
         for size in statement_sizes(rest.len(), PUSH_STAGE_ROWS_PER_STATEMENT) {
             let (chunk, tail) = rest.split_at(size);
             rest = tail;
             let sql = texts.entry(size).or_insert_with(|| {
-                format!(
+                Template::new(format!(
                     "INSERT INTO _sync_push_stage(bundle_seq, row_ordinal, schema_name, table_name, key_json, op, row_version, payload) VALUES {}",
                     vec![format!("({})", marks(8)); size].join(", ")
-                )
+                ))
             });
             let texts: Vec<(String, SqlValue)> = chunk
                 .iter()

@@ -9,7 +9,7 @@ use crate::events::{Phase, SyncEvent};
 use crate::handle::Oversync;
 use crate::push::effect_from_wire;
 use crate::state;
-use crate::statement::{Bind, CachedStatement, marks, statement_sizes};
+use crate::statement::{Bind, CachedStatement, Template, marks, statement_sizes};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
@@ -250,7 +250,7 @@ impl Oversync<'_> {
             .batch_execute("DELETE FROM _sync_snapshot_stage")?;
         let mut after = 0i64;
         let mut staged = 0u64;
-        let mut stage_texts: std::collections::HashMap<usize, String> = Default::default();
+        let mut stage_texts: std::collections::HashMap<usize, Template> = Default::default();
         let mut peak = 0u64;
         // Time spent validating and writing rows locally (the rest waits on the network).
         let mut local_time = std::time::Duration::ZERO;
@@ -308,10 +308,10 @@ impl Oversync<'_> {
                 let (rows, tail) = rest.split_at(size);
                 rest = tail;
                 let sql = stage_texts.entry(size).or_insert_with(|| {
-                    format!(
+                    Template::new(format!(
                         "INSERT INTO _sync_snapshot_stage(snapshot_id, row_ordinal, schema_name, table_name, key_json, row_version, payload) VALUES {}",
                         vec![format!("({})", marks(7)); size].join(", ")
-                    )
+                    ))
                 });
                 let texts: Vec<(String, String)> = rows
                     .iter()

@@ -104,48 +104,71 @@ static NULL_INTEGER: Option<i64> = None;
 static NULL_REAL: Option<f64> = None;
 static NULL_BLOB: Option<Vec<u8>> = None;
 
-/// SQL text and its binds, run through Diesel's statement cache (see the module docs).
+/// A statement's text with [`MARK`]s where its binds go, split once (Diesel walks a statement
+/// several times per execution: for its cache key, its cacheability and its binds).
+#[derive(Debug)]
+pub(crate) struct Template {
+    text: String,
+    /// Byte offsets of the marks in `text`.
+    marks: Vec<usize>,
+}
+
+impl Template {
+    pub(crate) fn new(text: String) -> Self {
+        let marks = text.match_indices(MARK).map(|(at, _)| at).collect();
+        Template { text, marks }
+    }
+}
+
+/// A [`Template`] and its binds, run through Diesel's statement cache (see the module docs).
 /// Loads rows like `sql_query` ([`diesel::QueryableByName`]).
 #[derive(Debug)]
 pub(crate) struct CachedStatement<'a> {
-    sql: &'a str,
+    template: &'a Template,
     binds: Vec<Bind<'a>>,
+    /// Every bind has its column's type (see [`Bind::keeps_its_type`]).
+    cacheable: bool,
 }
 
 impl<'a> CachedStatement<'a> {
-    pub(crate) fn new(sql: &'a str) -> Self {
+    pub(crate) fn new(template: &'a Template) -> Self {
         CachedStatement {
-            sql,
-            binds: Vec::new(),
+            template,
+            binds: Vec::with_capacity(template.marks.len()),
+            cacheable: true,
         }
     }
 
     pub(crate) fn bind_all(mut self, binds: impl IntoIterator<Item = Bind<'a>>) -> Self {
-        self.binds.extend(binds);
+        for bind in binds {
+            self.cacheable &= bind.keeps_its_type();
+            self.binds.push(bind);
+        }
         self
     }
 }
 
 impl QueryFragment<Sqlite> for CachedStatement<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        if !self.binds.iter().all(Bind::keeps_its_type) {
+        if !self.cacheable {
             out.unsafe_to_cache_prepared();
         }
-        let mismatch = || {
-            diesel::result::Error::QueryBuilderError(
+        let Template { text, marks } = self.template;
+        if marks.len() != self.binds.len() {
+            return Err(diesel::result::Error::QueryBuilderError(
                 format!(
                     "statement has {} bind marks and {} binds",
-                    self.sql.matches(MARK).count(),
+                    marks.len(),
                     self.binds.len()
                 )
                 .into(),
-            )
-        };
-        let mut pieces = self.sql.split(MARK);
-        out.push_sql(pieces.next().unwrap_or_default());
-        let mut binds = self.binds.iter();
-        for piece in pieces {
-            match *binds.next().ok_or_else(mismatch)? {
+            ));
+        }
+        let mut start = 0;
+        for (bind, &at) in self.binds.iter().zip(marks) {
+            out.push_sql(&text[start..at]);
+            start = at + MARK.len_utf8();
+            match *bind {
                 Bind::Text(text) => out.push_bind_param::<Text, str>(text)?,
                 Bind::Integer(ref i) => out.push_bind_param::<BigInt, i64>(i)?,
                 Bind::Value(value, ty) => match (value, ty) {
@@ -167,11 +190,8 @@ impl QueryFragment<Sqlite> for CachedStatement<'_> {
                     (SqlValue::Blob(b), _) => out.push_bind_param::<Binary, Vec<u8>>(b)?,
                 },
             }
-            out.push_sql(piece);
         }
-        if binds.next().is_some() {
-            return Err(mismatch());
-        }
+        out.push_sql(&text[start..]);
         Ok(())
     }
 }
@@ -222,7 +242,10 @@ mod tests {
     fn binds_keep_values_exactly() {
         let mut conn = SqliteConnection::establish(":memory:").expect("memory db");
         conn.batch_execute("CREATE TABLE t (a, b)").expect("table");
-        let sql = &format!("INSERT INTO t (a, b) VALUES ({0}), ({0})", marks(2));
+        let sql = &Template::new(format!(
+            "INSERT INTO t (a, b) VALUES ({0}), ({0})",
+            marks(2)
+        ));
         let values = [
             SqlValue::Integer(3),
             SqlValue::Null,
@@ -248,13 +271,15 @@ mod tests {
                 .execute(&mut conn)
                 .expect("insert");
         }
-        let rows: Vec<Row> = CachedStatement::new(
+        let select = Template::new(
             "SELECT quote(a) || ',' || quote(b) AS t, typeof(a) || ',' || typeof(b) AS kind \
-             FROM t WHERE a <> \0 ORDER BY rowid",
-        )
-        .bind_all([Bind::Text("none")])
-        .load(&mut conn)
-        .expect("load");
+             FROM t WHERE a <> \0 ORDER BY rowid"
+                .into(),
+        );
+        let rows: Vec<Row> = CachedStatement::new(&select)
+            .bind_all([Bind::Text("none")])
+            .load(&mut conn)
+            .expect("load");
         let expected = |t: &str, kind: &str| Row {
             t: t.into(),
             kind: kind.into(),
