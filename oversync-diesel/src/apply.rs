@@ -9,7 +9,7 @@
 
 use crate::codec::SqlValue;
 use crate::error::Result;
-use crate::statement::{Bind, BindType, CachedStatement, Template, marks, statement_sizes};
+use crate::statement::{Bind, BindType, CachedStatement, in_statements, marks, value_rows};
 use crate::table::TableSpec;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -48,33 +48,35 @@ pub(crate) fn drop_superseded(
         key_json: String,
     }
     let mut newer: HashSet<(String, String)> = HashSet::new();
-    let mut texts: HashMap<usize, Template> = HashMap::new();
-    let mut rest = effects.as_slice();
-    for size in statement_sizes(effects.len(), MAX_PARAMS / 3) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        let sql = texts.entry(size).or_insert_with(|| {
-            Template::new(format!(
+    let row = format!("({})", marks(3));
+    in_statements(
+        &effects,
+        MAX_PARAMS / 3,
+        |size| {
+            format!(
                 "SELECT rs.table_name, rs.key_json FROM (VALUES {}) AS e \
                  JOIN _sync_row_state AS rs ON rs.schema_name = 'main' AND rs.table_name = e.column1 \
                    AND rs.key_json = e.column2 WHERE rs.row_version > e.column3",
-                vec![format!("({})", marks(3)); size].join(", ")
-            ))
-        });
-        let query = CachedStatement::new(sql).bind_all(chunk.iter().flat_map(|e| {
-            [
-                Bind::Text(e.spec.table_name),
-                Bind::Text(&e.key_json),
-                Bind::Integer(e.row_version),
-            ]
-        }));
-        newer.extend(
-            query
-                .load::<Newer>(conn)?
-                .into_iter()
-                .map(|n| (n.table_name, n.key_json)),
-        );
-    }
+                value_rows(size, &row)
+            )
+        },
+        |template, chunk| {
+            let query = CachedStatement::new(template).bind_all(chunk.iter().flat_map(|e| {
+                [
+                    Bind::Text(e.spec.table_name),
+                    Bind::Text(&e.key_json),
+                    Bind::Integer(e.row_version),
+                ]
+            }));
+            newer.extend(
+                query
+                    .load::<Newer>(conn)?
+                    .into_iter()
+                    .map(|n| (n.table_name, n.key_json)),
+            );
+            Ok(())
+        },
+    )?;
     if newer.is_empty() {
         return Ok(effects);
     }
@@ -275,30 +277,30 @@ fn upsert_rows(
     } else {
         format!("DO UPDATE SET {}", updates.join(", "))
     };
-    let placeholder = format!("({})", marks(columns.len()));
-    let mut texts: HashMap<usize, Template> = HashMap::new();
-    let mut rest = rows.as_slice();
-    for size in statement_sizes(rows.len(), MAX_PARAMS / columns.len().max(1)) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        let sql = texts.entry(size).or_insert_with(|| {
-            Template::new(format!(
+    let row = format!("({})", marks(columns.len()));
+    in_statements(
+        &rows,
+        MAX_PARAMS / columns.len().max(1),
+        |size| {
+            format!(
                 "INSERT INTO {} ({}) VALUES {} ON CONFLICT({}) {conflict}",
                 ident(spec.table_name),
                 columns.join(", "),
-                vec![placeholder.as_str(); size].join(", "),
+                value_rows(size, &row),
                 ident(spec.key_column),
-            ))
-        });
-        CachedStatement::new(sql)
-            .bind_all(chunk.iter().flat_map(|row| {
-                row.iter()
-                    .zip(types.iter().copied())
-                    .map(|(value, ty)| Bind::Value(value, ty))
-            }))
-            .execute(conn)?;
-    }
-    Ok(())
+            )
+        },
+        |template, chunk| {
+            CachedStatement::new(template)
+                .bind_all(chunk.iter().flat_map(|row| {
+                    row.iter()
+                        .zip(types.iter().copied())
+                        .map(|(value, ty)| Bind::Value(value, ty))
+                }))
+                .execute(conn)?;
+            Ok(())
+        },
+    )
 }
 
 fn delete_rows(conn: &mut SqliteConnection, spec: &TableSpec, keys: Vec<SqlValue>) -> Result<()> {
@@ -306,58 +308,59 @@ fn delete_rows(conn: &mut SqliteConnection, spec: &TableSpec, keys: Vec<SqlValue
         crate::KeyKind::Text => BindType::Text,
         crate::KeyKind::Blob => BindType::Blob,
     };
-    let mut texts: HashMap<usize, Template> = HashMap::new();
-    let mut rest = keys.as_slice();
-    for size in statement_sizes(keys.len(), MAX_PARAMS) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        let sql = texts.entry(size).or_insert_with(|| {
-            Template::new(format!(
+    in_statements(
+        &keys,
+        MAX_PARAMS,
+        |size| {
+            format!(
                 "DELETE FROM {} WHERE {} IN ({})",
                 ident(spec.table_name),
                 ident(spec.key_column),
                 marks(size)
-            ))
-        });
-        CachedStatement::new(sql)
-            .bind_all(chunk.iter().map(|key| Bind::Value(key, ty)))
-            .execute(conn)?;
-    }
-    Ok(())
+            )
+        },
+        |template, chunk| {
+            CachedStatement::new(template)
+                .bind_all(chunk.iter().map(|key| Bind::Value(key, ty)))
+                .execute(conn)?;
+            Ok(())
+        },
+    )
 }
 
 fn upsert_row_states(
     conn: &mut SqliteConnection,
     states: Vec<(&'static str, String, i64, bool)>,
 ) -> Result<()> {
-    let mut texts: HashMap<usize, Template> = HashMap::new();
-    let mut rest = states.as_slice();
-    for size in statement_sizes(states.len(), MAX_PARAMS / 4) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        let sql = texts.entry(size).or_insert_with(|| {
-            Template::new(format!(
+    let row = format!("('main', {})", marks(4));
+    in_statements(
+        &states,
+        MAX_PARAMS / 4,
+        |size| {
+            format!(
                 "INSERT INTO _sync_row_state(schema_name, table_name, key_json, row_version, deleted) VALUES {} \
                  ON CONFLICT(schema_name, table_name, key_json) DO UPDATE SET row_version = excluded.row_version, deleted = excluded.deleted",
-                vec![format!("('main', {})", marks(4)); size].join(", ")
-            ))
-        });
-        CachedStatement::new(sql)
-            .bind_all(
-                chunk
-                    .iter()
-                    .flat_map(|(table, key_json, version, deleted)| {
-                        [
-                            Bind::Text(table),
-                            Bind::Text(key_json),
-                            Bind::Integer(*version),
-                            Bind::Integer(i64::from(*deleted)),
-                        ]
-                    }),
+                value_rows(size, &row)
             )
-            .execute(conn)?;
-    }
-    Ok(())
+        },
+        |template, chunk| {
+            CachedStatement::new(template)
+                .bind_all(
+                    chunk
+                        .iter()
+                        .flat_map(|(table, key_json, version, deleted)| {
+                            [
+                                Bind::Text(table),
+                                Bind::Text(key_json),
+                                Bind::Integer(*version),
+                                Bind::Integer(i64::from(*deleted)),
+                            ]
+                        }),
+                )
+                .execute(conn)?;
+            Ok(())
+        },
+    )
 }
 
 /// Runs `f` in an immediate transaction with apply mode on (capture off for runtime writes).

@@ -23,7 +23,7 @@ use crate::events::{Phase, SyncEvent};
 use crate::handle::Oversync;
 use crate::quarantine::{RowRejection, row_rejection};
 use crate::state;
-use crate::statement::{Bind, BindType, CachedStatement, Template, marks, statement_sizes};
+use crate::statement::{Bind, BindType, CachedStatement, in_statements, marks, value_rows};
 use crate::transport::TransportError;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -33,7 +33,6 @@ use oversync_protocol::{
     PushSessionCreateRequest, PushSessionCreateResponse, codes,
 };
 use serde_json::{Map, Value};
-use std::collections::HashMap;
 
 /// What [`Oversync::push_pending`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -724,47 +723,49 @@ impl Oversync<'_> {
         first_ordinal: i64,
         rows: &[BundleRow],
     ) -> Result<()> {
-        let mut texts: HashMap<usize, Template> = HashMap::new();
-        let mut rest = rows;
+        let row = format!("({})", marks(8));
         let mut ordinal = first_ordinal;
-        for size in statement_sizes(rest.len(), PUSH_STAGE_ROWS_PER_STATEMENT) {
-            let (chunk, tail) = rest.split_at(size);
-            rest = tail;
-            let sql = texts.entry(size).or_insert_with(|| {
-                Template::new(format!(
+        let conn = &mut *self.conn;
+        in_statements(
+            rows,
+            PUSH_STAGE_ROWS_PER_STATEMENT,
+            |size| {
+                format!(
                     "INSERT INTO _sync_push_stage(bundle_seq, row_ordinal, schema_name, table_name, key_json, op, row_version, payload) VALUES {}",
-                    vec![format!("({})", marks(8)); size].join(", ")
-                ))
-            });
-            let texts: Vec<(String, SqlValue)> = chunk
-                .iter()
-                .map(|row| {
-                    let payload = row.payload.as_ref();
-                    (
-                        Value::Object(row.key.clone()).to_string(),
-                        payload.map_or(SqlValue::Null, |p| SqlValue::Text(p.to_string())),
-                    )
-                })
-                .collect();
-            let mut binds = Vec::with_capacity(size * 8);
-            for (row, (key_json, payload)) in chunk.iter().zip(&texts) {
-                binds.extend([
-                    Bind::Integer(bundle_seq),
-                    Bind::Integer(ordinal),
-                    Bind::Text(&row.schema),
-                    Bind::Text(&row.table),
-                    Bind::Text(key_json),
-                    Bind::Text(row.op.as_str()),
-                    Bind::Integer(row.row_version),
-                    Bind::Value(payload, BindType::Text),
-                ]);
-                ordinal += 1;
-            }
-            CachedStatement::new(sql)
-                .bind_all(binds)
-                .execute(self.conn)?;
-        }
-        Ok(())
+                    value_rows(size, &row)
+                )
+            },
+            |template, chunk| {
+                let texts: Vec<(String, SqlValue)> = chunk
+                    .iter()
+                    .map(|row| {
+                        let payload = row.payload.as_ref();
+                        (
+                            Value::Object(row.key.clone()).to_string(),
+                            payload.map_or(SqlValue::Null, |p| SqlValue::Text(p.to_string())),
+                        )
+                    })
+                    .collect();
+                let mut binds = Vec::with_capacity(chunk.len() * 8);
+                for (row, (key_json, payload)) in chunk.iter().zip(&texts) {
+                    binds.extend([
+                        Bind::Integer(bundle_seq),
+                        Bind::Integer(ordinal),
+                        Bind::Text(&row.schema),
+                        Bind::Text(&row.table),
+                        Bind::Text(key_json),
+                        Bind::Text(row.op.as_str()),
+                        Bind::Integer(row.row_version),
+                        Bind::Value(payload, BindType::Text),
+                    ]);
+                    ordinal += 1;
+                }
+                CachedStatement::new(template)
+                    .bind_all(binds)
+                    .execute(conn)?;
+                Ok(())
+            },
+        )
     }
 
     /// Applies the staged committed bundle and retires the outbox, in one transaction.

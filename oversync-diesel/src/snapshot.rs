@@ -9,7 +9,7 @@ use crate::events::{Phase, SyncEvent};
 use crate::handle::Oversync;
 use crate::push::effect_from_wire;
 use crate::state;
-use crate::statement::{Bind, CachedStatement, Template, marks, statement_sizes};
+use crate::statement::{Bind, CachedStatement, in_statements, marks, value_rows};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
@@ -250,7 +250,6 @@ impl Oversync<'_> {
             .batch_execute("DELETE FROM _sync_snapshot_stage")?;
         let mut after = 0i64;
         let mut staged = 0u64;
-        let mut stage_texts: std::collections::HashMap<usize, Template> = Default::default();
         let mut peak = 0u64;
         // Time spent validating and writing rows locally (the rest waits on the network).
         let mut local_time = std::time::Duration::ZERO;
@@ -302,50 +301,54 @@ impl Oversync<'_> {
                     )));
                 }
             }
-            let mut rest = chunk.rows.as_slice();
+            let row = format!("({})", marks(7));
             let mut ordinal = staged as i64;
-            for size in statement_sizes(rest.len(), STAGE_ROWS_PER_STATEMENT) {
-                let (rows, tail) = rest.split_at(size);
-                rest = tail;
-                let sql = stage_texts.entry(size).or_insert_with(|| {
-                    Template::new(format!(
+            let conn = &mut *self.conn;
+            in_statements(
+                &chunk.rows,
+                STAGE_ROWS_PER_STATEMENT,
+                |size| {
+                    format!(
                         "INSERT INTO _sync_snapshot_stage(snapshot_id, row_ordinal, schema_name, table_name, key_json, row_version, payload) VALUES {}",
-                        vec![format!("({})", marks(7)); size].join(", ")
-                    ))
-                });
-                let texts: Vec<(String, String)> = rows
-                    .iter()
-                    .map(|row| {
-                        (
-                            Value::Object(row.key.clone()).to_string(),
-                            row.payload.to_string(),
-                        )
-                    })
-                    .collect();
-                let mut binds = Vec::with_capacity(size * 7);
-                for (row, (key_json, payload)) in rows.iter().zip(&texts) {
-                    binds.extend([
-                        Bind::Text(&session.snapshot_id),
-                        Bind::Integer(ordinal),
-                        Bind::Text(&row.schema),
-                        Bind::Text(&row.table),
-                        Bind::Text(key_json),
-                        Bind::Integer(row.row_version),
-                        Bind::Text(payload),
-                    ]);
-                    ordinal += 1;
-                }
-                CachedStatement::new(sql)
-                    .bind_all(binds)
-                    .execute(self.conn)
-                    .map_err(|e| match e {
-                        diesel::result::Error::DatabaseError(
-                            diesel::result::DatabaseErrorKind::UniqueViolation,
-                            _,
-                        ) => invalid("snapshot lists a key twice"),
-                        other => other.into(),
-                    })?;
-            }
+                        value_rows(size, &row)
+                    )
+                },
+                |template, rows| {
+                    let texts: Vec<(String, String)> = rows
+                        .iter()
+                        .map(|row| {
+                            (
+                                Value::Object(row.key.clone()).to_string(),
+                                row.payload.to_string(),
+                            )
+                        })
+                        .collect();
+                    let mut binds = Vec::with_capacity(rows.len() * 7);
+                    for (row, (key_json, payload)) in rows.iter().zip(&texts) {
+                        binds.extend([
+                            Bind::Text(&session.snapshot_id),
+                            Bind::Integer(ordinal),
+                            Bind::Text(&row.schema),
+                            Bind::Text(&row.table),
+                            Bind::Text(key_json),
+                            Bind::Integer(row.row_version),
+                            Bind::Text(payload),
+                        ]);
+                        ordinal += 1;
+                    }
+                    CachedStatement::new(template)
+                        .bind_all(binds)
+                        .execute(conn)
+                        .map_err(|e| match e {
+                            diesel::result::Error::DatabaseError(
+                                diesel::result::DatabaseErrorKind::UniqueViolation,
+                                _,
+                            ) => invalid("snapshot lists a key twice"),
+                            other => other.into(),
+                        })?;
+                    Ok(())
+                },
+            )?;
             local_time += local.elapsed();
             staged += chunk.rows.len() as u64;
             peak = peak.max(chunk.rows.len() as u64);

@@ -31,11 +31,11 @@ pub(crate) fn marks(n: usize) -> String {
 }
 
 /// Rows per statement, largest first; the last must be 1 so that any count can be cut.
-pub(crate) const STATEMENT_ROWS: [usize; 3] = [64, 8, 1];
+const STATEMENT_ROWS: [usize; 3] = [64, 8, 1];
 
 /// Cuts `rows` into statement sizes from [`STATEMENT_ROWS`], largest first, none above
 /// `most` (a statement's bound-parameter limit in rows).
-pub(crate) fn statement_sizes(mut rows: usize, most: usize) -> Vec<usize> {
+fn statement_sizes(mut rows: usize, most: usize) -> Vec<usize> {
     let mut sizes = Vec::new();
     for size in STATEMENT_ROWS.into_iter().filter(|s| *s <= most.max(1)) {
         while rows >= size {
@@ -44,6 +44,37 @@ pub(crate) fn statement_sizes(mut rows: usize, most: usize) -> Vec<usize> {
         }
     }
     sizes
+}
+
+/// Runs `rows` as statements of the sizes [`statement_sizes`] gives, none above `most` rows:
+/// `text(n)` writes the statement for `n` rows (once per size), `run` executes it for one
+/// slice of `rows`.
+pub(crate) fn in_statements<T>(
+    rows: &[T],
+    most: usize,
+    text: impl Fn(usize) -> String,
+    mut run: impl FnMut(&Template, &[T]) -> crate::error::Result<()>,
+) -> crate::error::Result<()> {
+    let mut templates: Vec<(usize, Template)> = Vec::with_capacity(STATEMENT_ROWS.len());
+    let mut rest = rows;
+    for size in statement_sizes(rows.len(), most) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let at = match templates.iter().position(|(s, _)| *s == size) {
+            Some(at) => at,
+            None => {
+                templates.push((size, Template::new(text(size))));
+                templates.len() - 1
+            }
+        };
+        run(&templates[at].1, chunk)?;
+    }
+    Ok(())
+}
+
+/// `rows` copies of `row` separated by commas: the `VALUES` list of a multi-row statement.
+pub(crate) fn value_rows(rows: usize, row: &str) -> String {
+    vec![row; rows].join(", ")
 }
 
 /// The SQLite type a column's values bind as; a NULL binds with it too.
