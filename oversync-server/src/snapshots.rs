@@ -17,7 +17,29 @@ use oversync_protocol::{
     SnapshotChunkResponse, SnapshotRow, SnapshotSession, SnapshotSessionCreateRequest,
     SnapshotSourceReplacement, codes, replacement_reason, sync_key,
 };
+use serde::Serialize;
+use serde_json::value::RawValue;
 use std::sync::Arc;
+
+/// A [`SnapshotChunkResponse`] whose payloads are JSON text (the same answer on the wire).
+#[derive(Debug, Serialize)]
+pub(crate) struct SnapshotChunkBody {
+    snapshot_id: String,
+    snapshot_bundle_seq: i64,
+    rows: Vec<SnapshotRowBody>,
+    next_row_ordinal: i64,
+    has_more: bool,
+}
+
+/// A [`SnapshotRow`] with its payload as JSON text.
+#[derive(Debug, Serialize)]
+struct SnapshotRowBody {
+    schema: String,
+    table: String,
+    key: oversync_protocol::SyncKey,
+    row_version: i64,
+    payload: Box<RawValue>,
+}
 
 impl SyncService {
     /// Creates a frozen snapshot session.
@@ -132,6 +154,38 @@ impl SyncService {
         after_row_ordinal: i64,
         max_rows: Option<i64>,
     ) -> Result<SnapshotChunkResponse, SyncError> {
+        let body = self
+            .snapshot_chunk_body(actor, snapshot_id, after_row_ordinal, max_rows)
+            .await?;
+        let mut rows = Vec::with_capacity(body.rows.len());
+        for row in body.rows {
+            rows.push(SnapshotRow {
+                schema: row.schema,
+                table: row.table,
+                key: row.key,
+                row_version: row.row_version,
+                payload: serde_json::from_str(row.payload.get())
+                    .map_err(|e| SyncError::internal("snapshot payload", e))?,
+            });
+        }
+        Ok(SnapshotChunkResponse {
+            snapshot_id: body.snapshot_id,
+            snapshot_bundle_seq: body.snapshot_bundle_seq,
+            rows,
+            next_row_ordinal: body.next_row_ordinal,
+            has_more: body.has_more,
+        })
+    }
+
+    /// [`SyncService::snapshot_chunk`] as the HTTP answer writes it: each payload is the JSON
+    /// text the page already holds, not parsed into a `Value` to be written out again.
+    pub(crate) async fn snapshot_chunk_body(
+        &self,
+        actor: &Actor,
+        snapshot_id: &str,
+        after_row_ordinal: i64,
+        max_rows: Option<i64>,
+    ) -> Result<SnapshotChunkBody, SyncError> {
         let _op = self.begin_op();
         let invalid = |m: &str| SyncError::bad_request(codes::SNAPSHOT_CHUNK_INVALID, m);
         if after_row_ordinal < 0 {
@@ -177,16 +231,16 @@ impl SyncService {
                 .ok_or_else(|| SyncError::Internal(format!("unknown table_id {table_id}")))?;
             let wire = wire_payload_text(info, &db_payload)
                 .map_err(|e| SyncError::internal("snapshot payload", e))?;
-            rows.push(SnapshotRow {
+            rows.push(SnapshotRowBody {
                 schema: info.schema.clone(),
                 table: info.table.clone(),
                 key: sync_key(&info.key_column, &key_text),
                 row_version: r.get(2),
-                payload: serde_json::from_str(&wire)
+                payload: RawValue::from_string(wire)
                     .map_err(|e| SyncError::internal("snapshot payload", e))?,
             });
         }
-        Ok(SnapshotChunkResponse {
+        Ok(SnapshotChunkBody {
             snapshot_id: snapshot_id.to_owned(),
             snapshot_bundle_seq,
             next_row_ordinal: after_row_ordinal + rows.len() as i64,
@@ -478,13 +532,13 @@ pub(crate) async fn chunk(
     actor: Actor,
     PathParam(snapshot_id): PathParam,
     RawQuery(query): RawQuery,
-) -> Result<Json<SnapshotChunkResponse>, SyncError> {
+) -> Result<Json<SnapshotChunkBody>, SyncError> {
     let code = codes::SNAPSHOT_CHUNK_INVALID;
     let q = QueryParams::parse(query.as_deref());
     let after = q.int("after_row_ordinal", code)?.unwrap_or(0);
     let max_rows = q.int("max_rows", code)?;
     let resp = service
-        .snapshot_chunk(&actor, &snapshot_id, after, max_rows)
+        .snapshot_chunk_body(&actor, &snapshot_id, after, max_rows)
         .await?;
     service.metrics.snapshot_rows(resp.rows.len());
     Ok(Json(resp))
