@@ -434,31 +434,110 @@ fn owned_child(op: &str, db: &str, url: &str, user: &str) {
 }
 
 /// The status read's SQL on its own connection and plain thread, every 5 ms until `done`:
-/// its worst time tells the wait inside SQLite (WAL read start, busy retries, cold pages
-/// after the engine's commits) from the hand-off through `SyncClient`'s blocking pool.
+/// its worst time tells the wait inside SQLite (WAL read start, cold pages after the
+/// engine's commits, SQLite's process-wide page cache shared with the engine thread) from
+/// the hand-off through `SyncClient`'s blocking pool. A raw connection, so that each
+/// statement is prepared once as the engine's cached ones are.
 fn plain_status_reads(db: &str, done: Arc<AtomicBool>) -> std::thread::JoinHandle<Duration> {
     let db = db.to_owned();
     std::thread::spawn(move || {
-        let mut conn = SqliteConnection::establish(&db).expect("open a plain reader");
-        conn.batch_execute("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
-            .expect("plain reader pragmas");
+        let mut reader = RawReader::open(&db);
         let mut worst = Duration::ZERO;
         while !done.load(Ordering::Relaxed) {
             let asked = Instant::now();
-            // The statements of the engine's `state::pending_row_count` and
-            // `quarantine::quarantined_count` (crate-private), in one read transaction as
-            // `pending_sync_status()` runs them: keep them equal when those change.
-            conn.batch_execute(
-                "BEGIN; SELECT (SELECT COUNT(*) FROM _sync_dirty_rows) + (SELECT CASE WHEN state = 'none' \
-                 THEN 0 ELSE row_count END FROM _sync_outbox_bundle WHERE singleton_key = 1); \
-                 SELECT COUNT(*) FROM _sync_quarantine; COMMIT;",
-            )
-            .expect("plain status read");
+            reader.read();
             worst = worst.max(asked.elapsed());
             std::thread::sleep(Duration::from_millis(5));
         }
         worst
     })
+}
+
+/// The status connection of `SyncClient` (`establish_read_only`: its pragmas) and the
+/// statements of `state::pending_row_count` and `quarantine::quarantined_count`
+/// (crate-private), in one read transaction as `pending_sync_status()` runs them: keep them
+/// equal when those change.
+struct RawReader {
+    conn: *mut libsqlite3_sys::sqlite3,
+    statements: Vec<*mut libsqlite3_sys::sqlite3_stmt>,
+}
+
+impl RawReader {
+    const PRAGMAS: &str = "PRAGMA busy_timeout = 30000; PRAGMA query_only = ON;";
+    const STATEMENTS: [&str; 5] = [
+        "BEGIN",
+        "SELECT COUNT(*) FROM `_sync_dirty_rows`",
+        "SELECT `_sync_outbox_bundle`.`state`, `_sync_outbox_bundle`.`row_count` FROM `_sync_outbox_bundle` \
+         WHERE (`_sync_outbox_bundle`.`singleton_key` = ?) LIMIT ?",
+        "SELECT COUNT(*) FROM `_sync_quarantine`",
+        "COMMIT",
+    ];
+
+    fn open(db: &str) -> RawReader {
+        use libsqlite3_sys as ffi;
+        use std::ffi::CString;
+        let path = CString::new(db).expect("path");
+        let pragmas = CString::new(Self::PRAGMAS).expect("pragmas");
+        // SAFETY: plain SQLite C API use on a connection owned by this value; every pointer
+        // passed is valid for the call.
+        unsafe {
+            let mut conn = std::ptr::null_mut();
+            let flags = ffi::SQLITE_OPEN_READWRITE;
+            assert_eq!(
+                ffi::sqlite3_open_v2(path.as_ptr(), &mut conn, flags, std::ptr::null()),
+                0
+            );
+            let (no_arg, no_error) = (std::ptr::null_mut(), std::ptr::null_mut());
+            assert_eq!(
+                ffi::sqlite3_exec(conn, pragmas.as_ptr(), None, no_arg, no_error),
+                0
+            );
+            let statements = Self::STATEMENTS
+                .iter()
+                .map(|sql| {
+                    let sql = CString::new(*sql).expect("sql");
+                    let mut statement = std::ptr::null_mut();
+                    let tail = std::ptr::null_mut();
+                    let rc = ffi::sqlite3_prepare_v2(conn, sql.as_ptr(), -1, &mut statement, tail);
+                    assert_eq!(rc, 0, "prepare {sql:?}");
+                    statement
+                })
+                .collect();
+            RawReader { conn, statements }
+        }
+    }
+
+    fn read(&mut self) {
+        use libsqlite3_sys as ffi;
+        for &statement in &self.statements {
+            // SAFETY: the statements belong to `self.conn`, which outlives them.
+            unsafe {
+                for i in 1..=ffi::sqlite3_bind_parameter_count(statement) {
+                    ffi::sqlite3_bind_int64(statement, i, 1);
+                }
+                loop {
+                    match ffi::sqlite3_step(statement) {
+                        ffi::SQLITE_ROW => continue,
+                        ffi::SQLITE_DONE => break,
+                        rc => panic!("plain status read: SQLite error {rc}"),
+                    }
+                }
+                ffi::sqlite3_reset(statement);
+            }
+        }
+    }
+}
+
+impl Drop for RawReader {
+    fn drop(&mut self) {
+        // SAFETY: finalized once, then the connection they belong to is closed.
+        unsafe {
+            for &statement in &self.statements {
+                libsqlite3_sys::sqlite3_finalize(statement);
+            }
+            libsqlite3_sys::sqlite3_close(self.conn);
+        }
+    }
 }
 
 /// [`run_child_blocking`] off the async workers (the counting proxy runs on them).

@@ -150,11 +150,12 @@ struct Count {
     n: i64,
 }
 
-/// Rows waiting in quarantine.
+/// Rows waiting in quarantine (a cached prepared statement, like
+/// [`pending_row_count`](crate::state::pending_row_count)).
 pub(crate) fn quarantined_count(conn: &mut SqliteConnection) -> QueryResult<u64> {
-    let c: Count =
-        diesel::sql_query("SELECT COUNT(*) AS n FROM _sync_quarantine").get_result(conn)?;
-    Ok(c.n.max(0) as u64)
+    use crate::state::counted::_sync_quarantine;
+    let n: i64 = _sync_quarantine::table.count().get_result(conn)?;
+    Ok(n.max(0) as u64)
 }
 
 /// Keys the committed outbox carried are accepted now: their quarantine entries (a refused

@@ -48,10 +48,27 @@ pub(crate) fn operation_state(conn: &mut SqliteConnection) -> QueryResult<Operat
     .get_result(conn)
 }
 
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
+/// The metadata columns the status counts read, declared for Diesel's query builder: its
+/// queries are prepared once per connection and kept in the connection's statement cache,
+/// where an `sql_query` is parsed and planned again on every call.
+pub(crate) mod counted {
+    diesel::table! {
+        _sync_dirty_rows (dirty_ordinal) {
+            dirty_ordinal -> BigInt,
+        }
+    }
+    diesel::table! {
+        _sync_outbox_bundle (singleton_key) {
+            singleton_key -> BigInt,
+            state -> Text,
+            row_count -> BigInt,
+        }
+    }
+    diesel::table! {
+        _sync_quarantine (quarantine_id) {
+            quarantine_id -> BigInt,
+        }
+    }
 }
 
 /// Rows waiting to reach the server: captured dirty rows plus the frozen outbox.
@@ -59,15 +76,22 @@ struct Count {
 /// Status reads run this beside a sync, on a connection whose page cache each of the
 /// engine's commits invalidates, so it must not walk the outbox: the frozen bundle's
 /// `row_count` is kept equal to its rows by every path that changes them (freeze, quarantine,
-/// bisection, retire). The dirty set is counted on its smallest index.
+/// bisection, retire). The dirty set is counted on its smallest index (SQLite picks it for a
+/// bare `COUNT(*)`). Both statements are cached prepared statements (see [`counted`]); run
+/// them in one read transaction for one snapshot.
 pub(crate) fn pending_row_count(conn: &mut SqliteConnection) -> QueryResult<u64> {
-    let c: Count = sql_query(
-        "SELECT (SELECT COUNT(*) FROM _sync_dirty_rows) \
-           + (SELECT CASE WHEN state = 'none' THEN 0 ELSE row_count END FROM _sync_outbox_bundle \
-              WHERE singleton_key = 1) AS n",
-    )
-    .get_result(conn)?;
-    Ok(c.n.max(0) as u64)
+    use counted::{_sync_dirty_rows, _sync_outbox_bundle};
+    let dirty: i64 = _sync_dirty_rows::table.count().get_result(conn)?;
+    let outbox: Option<(String, i64)> = _sync_outbox_bundle::table
+        .filter(_sync_outbox_bundle::singleton_key.eq(1))
+        .select((_sync_outbox_bundle::state, _sync_outbox_bundle::row_count))
+        .first(conn)
+        .optional()?;
+    let frozen = match outbox {
+        Some((state, rows)) if state != "none" => rows,
+        _ => 0,
+    };
+    Ok((dirty + frozen).max(0) as u64)
 }
 
 /// The frozen push (`_sync_outbox_bundle`).

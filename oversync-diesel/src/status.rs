@@ -149,3 +149,70 @@ impl Oversync<'_> {
         Ok(state::attachment_state(self.conn)?.last_bundle_seq_seen)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::connection::{Instrumentation, InstrumentationEvent, SimpleConnection};
+    use std::sync::{Arc, Mutex};
+
+    /// Status reads run every few milliseconds beside a sync: their statements are prepared
+    /// once per connection and reused from its statement cache, not parsed and planned again
+    /// on each read.
+    #[test]
+    fn status_reads_reuse_their_prepared_statements() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.db");
+        let mut conn = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        conn.batch_execute(
+            "CREATE TABLE _sync_dirty_rows (dirty_ordinal INTEGER PRIMARY KEY, key_json TEXT);
+             CREATE TABLE _sync_outbox_bundle (singleton_key INTEGER PRIMARY KEY, state TEXT NOT NULL, row_count INTEGER NOT NULL);
+             CREATE TABLE _sync_quarantine (quarantine_id INTEGER PRIMARY KEY, key_json TEXT);
+             INSERT INTO _sync_dirty_rows(key_json) VALUES ('a'), ('b'), ('c');
+             INSERT INTO _sync_outbox_bundle VALUES (1, 'prepared', 5);
+             INSERT INTO _sync_quarantine(key_json) VALUES ('d');",
+        )
+        .unwrap();
+        let cached = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = cached.clone();
+        let instrumentation: Box<dyn Instrumentation> =
+            Box::new(move |event: InstrumentationEvent<'_>| {
+                if let InstrumentationEvent::CacheQuery { sql, .. } = event {
+                    seen.lock().unwrap().push(sql.to_string());
+                }
+            });
+        conn.set_instrumentation(instrumentation);
+
+        let first = read_pending_sync_status(&mut conn).unwrap();
+        assert_eq!(
+            first,
+            PendingSyncStatus {
+                pending_rows: 8,
+                quarantined_rows: 1,
+                blocked_detach: true
+            }
+        );
+        let prepared = std::mem::take(&mut *cached.lock().unwrap());
+        for table in [
+            "_sync_dirty_rows",
+            "_sync_outbox_bundle",
+            "_sync_quarantine",
+        ] {
+            assert!(
+                prepared.iter().any(|sql| sql.contains(table)),
+                "no cached statement reads {table}: {prepared:?}"
+            );
+        }
+
+        conn.batch_execute(
+            "DELETE FROM _sync_dirty_rows WHERE key_json = 'b';
+             UPDATE _sync_outbox_bundle SET state = 'none', row_count = 0;",
+        )
+        .unwrap();
+        let second = read_pending_sync_status(&mut conn).unwrap();
+        assert_eq!(second.pending_rows, 2);
+        assert_eq!(second.quarantined_rows, 1);
+        let again = cached.lock().unwrap().clone();
+        assert!(again.is_empty(), "prepared again: {again:?}");
+    }
+}
