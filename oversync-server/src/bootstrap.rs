@@ -580,9 +580,14 @@ CREATE TABLE IF NOT EXISTS sync.source_state (
     PRIMARY KEY (user_pk, source_id)
 );
 
+-- No foreign keys on the two tables a commit writes a row of per bundle row: PostgreSQL
+-- checks a foreign key once per inserted row (the same parent every time), which cost more
+-- than the insert itself. The ids come from the user's locked `user_state` row and the
+-- registry; rows of a deleted user go by `sync.delete_user_rows`, of a pruned bundle by
+-- retention. Databases bootstrapped before that lose the constraints here.
 CREATE TABLE IF NOT EXISTS sync.row_state (
-    user_pk BIGINT NOT NULL REFERENCES sync.user_state(user_pk) ON DELETE CASCADE,
-    table_id INTEGER NOT NULL REFERENCES sync.table_catalog(table_id),
+    user_pk BIGINT NOT NULL,
+    table_id INTEGER NOT NULL,
     key_text TEXT NOT NULL,
     bundle_seq BIGINT NOT NULL,
     deleted BOOLEAN NOT NULL DEFAULT FALSE,
@@ -623,9 +628,42 @@ CREATE TABLE IF NOT EXISTS sync.bundle_rows (
     key_text TEXT NOT NULL,
     op SMALLINT NOT NULL CHECK (op IN (1, 2, 3)),
     payload TEXT,
-    PRIMARY KEY (user_pk, bundle_seq, row_ordinal),
-    FOREIGN KEY (user_pk, bundle_seq) REFERENCES sync.bundle_log(user_pk, bundle_seq) ON DELETE CASCADE
+    PRIMARY KEY (user_pk, bundle_seq, row_ordinal)
 );
+-- Deleted with their bundle by retention (see `sync.row_state` for why no foreign key).
+-- The upgrade drops the old constraints only where they exist: `ALTER TABLE` locks the table
+-- exclusively even when there is nothing to drop, and bootstrap runs on every start, also
+-- beside other instances serving the same database.
+DO $upgrade$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'sync.row_state'::regclass AND contype = 'f') THEN
+        ALTER TABLE sync.row_state DROP CONSTRAINT IF EXISTS row_state_user_pk_fkey;
+        ALTER TABLE sync.row_state DROP CONSTRAINT IF EXISTS row_state_table_id_fkey;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'sync.bundle_rows'::regclass AND contype = 'f') THEN
+        ALTER TABLE sync.bundle_rows DROP CONSTRAINT IF EXISTS bundle_rows_user_pk_bundle_seq_fkey;
+    END IF;
+END
+$upgrade$;
+
+-- What the foreign keys' ON DELETE CASCADE did for a user deleted by hand: the per-row
+-- tables go with the user (the other per-user tables still cascade).
+CREATE OR REPLACE FUNCTION sync.delete_user_rows() RETURNS TRIGGER LANGUAGE plpgsql AS $fn$
+BEGIN
+    DELETE FROM sync.row_state WHERE user_pk = OLD.user_pk;
+    DELETE FROM sync.bundle_rows WHERE user_pk = OLD.user_pk;
+    RETURN OLD;
+END
+$fn$;
+DO $upgrade$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'sync.user_state'::regclass
+                     AND tgname = 'oversync_delete_user_rows') THEN
+        CREATE TRIGGER oversync_delete_user_rows AFTER DELETE ON sync.user_state
+            FOR EACH ROW EXECUTE FUNCTION sync.delete_user_rows();
+    END IF;
+END
+$upgrade$;
 
 CREATE TABLE IF NOT EXISTS sync.push_sessions (
     push_id UUID NOT NULL,
