@@ -512,15 +512,43 @@ async fn assign_catalog_ids(
 
 async fn install_triggers(tx: &impl GenericClient, info: &TableInfo) -> Result<(), BootstrapError> {
     let table = info.ident();
+    let id = quote_literal(&info.id.to_string());
+    let key = quote_literal(&info.key_column);
+    // Inserts are captured once per statement from its transition table: a PL/pgSQL call
+    // and a stage insert per row was most of a bulk apply. A transition table misses rows
+    // inserted straight into a partition or an inheritance child, so such tables (and
+    // partitions themselves, which cannot have one) keep the row-level capture.
+    let plain: bool = tx
+        .query_one(
+            "SELECT c.relkind = 'r' AND NOT c.relispartition
+                    AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid OR i.inhparent = c.oid)
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&info.schema, &info.table],
+        )
+        .await?
+        .get(0);
+    let capture = if plain {
+        format!(
+            "CREATE TRIGGER oversync_capture AFTER UPDATE OR DELETE ON {table}
+               FOR EACH ROW EXECUTE FUNCTION sync.capture_row_change({id}, {key});
+             CREATE TRIGGER oversync_capture_insert AFTER INSERT ON {table}
+               REFERENCING NEW TABLE AS oversync_inserted
+               FOR EACH STATEMENT EXECUTE FUNCTION sync.capture_inserted_rows({id}, {key});"
+        )
+    } else {
+        format!(
+            "CREATE TRIGGER oversync_capture AFTER INSERT OR UPDATE OR DELETE ON {table}
+               FOR EACH ROW EXECUTE FUNCTION sync.capture_row_change({id}, {key});"
+        )
+    };
     let sql = format!(
         "DROP TRIGGER IF EXISTS oversync_owner_guard ON {table};
          DROP TRIGGER IF EXISTS oversync_capture ON {table};
+         DROP TRIGGER IF EXISTS oversync_capture_insert ON {table};
          CREATE TRIGGER oversync_owner_guard BEFORE INSERT OR UPDATE OR DELETE ON {table}
            FOR EACH ROW EXECUTE FUNCTION sync.guard_row_owner();
-         CREATE TRIGGER oversync_capture AFTER INSERT OR UPDATE OR DELETE ON {table}
-           FOR EACH ROW EXECUTE FUNCTION sync.capture_row_change({id}, {key});",
-        id = quote_literal(&info.id.to_string()),
-        key = quote_literal(&info.key_column),
+         {capture}"
     );
     tx.batch_execute(&sql).await?;
     Ok(())
@@ -580,9 +608,14 @@ CREATE TABLE IF NOT EXISTS sync.source_state (
     PRIMARY KEY (user_pk, source_id)
 );
 
+-- No foreign keys on the two tables a commit writes a row of per bundle row: PostgreSQL
+-- checks a foreign key once per inserted row (the same parent every time), which cost more
+-- than the insert itself. The ids come from the user's locked `user_state` row and the
+-- registry; rows of a deleted user go by `sync.delete_user_rows`, of a pruned bundle by
+-- retention. Databases bootstrapped before that lose the constraints here.
 CREATE TABLE IF NOT EXISTS sync.row_state (
-    user_pk BIGINT NOT NULL REFERENCES sync.user_state(user_pk) ON DELETE CASCADE,
-    table_id INTEGER NOT NULL REFERENCES sync.table_catalog(table_id),
+    user_pk BIGINT NOT NULL,
+    table_id INTEGER NOT NULL,
     key_text TEXT NOT NULL,
     bundle_seq BIGINT NOT NULL,
     deleted BOOLEAN NOT NULL DEFAULT FALSE,
@@ -623,9 +656,42 @@ CREATE TABLE IF NOT EXISTS sync.bundle_rows (
     key_text TEXT NOT NULL,
     op SMALLINT NOT NULL CHECK (op IN (1, 2, 3)),
     payload TEXT,
-    PRIMARY KEY (user_pk, bundle_seq, row_ordinal),
-    FOREIGN KEY (user_pk, bundle_seq) REFERENCES sync.bundle_log(user_pk, bundle_seq) ON DELETE CASCADE
+    PRIMARY KEY (user_pk, bundle_seq, row_ordinal)
 );
+-- Deleted with their bundle by retention (see `sync.row_state` for why no foreign key).
+-- The upgrade drops the old constraints only where they exist: `ALTER TABLE` locks the table
+-- exclusively even when there is nothing to drop, and bootstrap runs on every start, also
+-- beside other instances serving the same database.
+DO $upgrade$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'sync.row_state'::regclass AND contype = 'f') THEN
+        ALTER TABLE sync.row_state DROP CONSTRAINT IF EXISTS row_state_user_pk_fkey;
+        ALTER TABLE sync.row_state DROP CONSTRAINT IF EXISTS row_state_table_id_fkey;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'sync.bundle_rows'::regclass AND contype = 'f') THEN
+        ALTER TABLE sync.bundle_rows DROP CONSTRAINT IF EXISTS bundle_rows_user_pk_bundle_seq_fkey;
+    END IF;
+END
+$upgrade$;
+
+-- What the foreign keys' ON DELETE CASCADE did for a user deleted by hand: the per-row
+-- tables go with the user (the other per-user tables still cascade).
+CREATE OR REPLACE FUNCTION sync.delete_user_rows() RETURNS TRIGGER LANGUAGE plpgsql AS $fn$
+BEGIN
+    DELETE FROM sync.row_state WHERE user_pk = OLD.user_pk;
+    DELETE FROM sync.bundle_rows WHERE user_pk = OLD.user_pk;
+    RETURN OLD;
+END
+$fn$;
+DO $upgrade$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'sync.user_state'::regclass
+                     AND tgname = 'oversync_delete_user_rows') THEN
+        CREATE TRIGGER oversync_delete_user_rows AFTER DELETE ON sync.user_state
+            FOR EACH ROW EXECUTE FUNCTION sync.delete_user_rows();
+    END IF;
+END
+$upgrade$;
 
 CREATE TABLE IF NOT EXISTS sync.push_sessions (
     push_id UUID NOT NULL,
@@ -753,6 +819,29 @@ BEGIN
     VALUES (txid_current(), v_user_pk, v_table_id, CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE 2 END,
             new_key, to_jsonb(NEW) - '_sync_scope_id');
     RETURN NEW;
+END
+$fn$;
+
+-- The INSERT side of `capture_row_change` for a whole statement: one stage insert from the
+-- statement's transition table, in the order the rows were inserted (the stage's ordinal
+-- keeps that order, as the row-level trigger's did).
+CREATE OR REPLACE FUNCTION sync.capture_inserted_rows() RETURNS TRIGGER LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_user_pk BIGINT := NULLIF(current_setting('oversync.bundle_user_pk', true), '')::bigint;
+    v_table_id INTEGER := TG_ARGV[0]::integer;
+    v_key_column TEXT := TG_ARGV[1];
+BEGIN
+    IF v_user_pk IS NULL THEN
+        -- A statement that inserted nothing needs no context (the row trigger never fired).
+        IF EXISTS (SELECT 1 FROM oversync_inserted) THEN
+            RAISE EXCEPTION 'oversync bundle context is missing for %.%', TG_TABLE_SCHEMA, TG_TABLE_NAME;
+        END IF;
+        RETURN NULL;
+    END IF;
+    INSERT INTO sync.capture_stage (txid, user_pk, table_id, op, key_text, payload)
+    SELECT txid_current(), v_user_pk, v_table_id, 1, r.doc ->> v_key_column, r.doc - '_sync_scope_id'
+    FROM (SELECT to_jsonb(i) AS doc FROM oversync_inserted i) r;
+    RETURN NULL;
 END
 $fn$;
 "#;

@@ -102,6 +102,13 @@ pub(crate) async fn apply_policy(
         &[&user_pk, &target],
     )
     .await?;
+    // Bundle rows have no foreign key to cascade from their bundle (see bootstrap.rs).
+    crate::sql::exec(
+        tx,
+        "DELETE FROM sync.bundle_rows WHERE user_pk = $1 AND bundle_seq <= $2",
+        &[&user_pk, &target],
+    )
+    .await?;
     let deleted = crate::sql::exec(
         tx,
         "DELETE FROM sync.bundle_log WHERE user_pk = $1 AND bundle_seq <= $2",

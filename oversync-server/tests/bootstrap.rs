@@ -232,3 +232,211 @@ fn example_binary_serves_health_on_a_fresh_database() {
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains("\"status\":\"healthy\""), "{body}");
 }
+
+/// `(op, table_id, key_text, payload)` of bundle `seq`, in bundle order.
+async fn bundle_effects(
+    client: &deadpool_postgres::Object,
+    seq: i64,
+) -> Vec<(i16, i32, String, Option<serde_json::Value>)> {
+    client
+        .query(
+            "SELECT op, table_id, key_text, payload FROM sync.bundle_rows
+              WHERE bundle_seq = $1 ORDER BY row_ordinal",
+            &[&seq],
+        )
+        .await
+        .expect("bundle rows")
+        .iter()
+        .map(|r| {
+            let payload: Option<String> = r.get(3);
+            (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                payload.map(|p| serde_json::from_str(&p).expect("payload json")),
+            )
+        })
+        .collect()
+}
+
+/// Inserts are captured per statement (from its transition table), updates and deletes per
+/// row: every effect of a statement is still in the bundle, including rows the app's own
+/// triggers write and rows a cascade deletes, with the row as stored after BEFORE triggers.
+#[tokio::test]
+async fn capture_sees_multi_row_inserts_upserts_app_triggers_and_cascades() {
+    let ddl = format!(
+        "{PARENT}
+         ALTER TABLE app.parent ADD COLUMN name TEXT;
+         CREATE TABLE app.notes (_sync_scope_id TEXT NOT NULL, id TEXT NOT NULL, parent_id UUID,
+           PRIMARY KEY (_sync_scope_id, id),
+           FOREIGN KEY (_sync_scope_id, parent_id) REFERENCES app.parent (_sync_scope_id, id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED);
+         -- The app's own triggers: one rewrites the row before it is stored, one writes
+         -- another registered table for every parent inserted.
+         CREATE FUNCTION app.shout() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN NEW.name := upper(NEW.name); RETURN NEW; END $$;
+         CREATE TRIGGER a_shout BEFORE INSERT ON app.parent FOR EACH ROW EXECUTE FUNCTION app.shout();
+         CREATE FUNCTION app.note_parent() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             INSERT INTO app.notes (_sync_scope_id, id, parent_id)
+             VALUES (NEW._sync_scope_id, 'note-' || NEW.id, NEW.id);
+             RETURN NULL;
+           END $$;
+         CREATE TRIGGER a_note AFTER INSERT ON app.parent FOR EACH ROW EXECUTE FUNCTION app.note_parent();"
+    );
+    let pg = fresh_db(&ddl).await;
+    let tables = vec![
+        TableSpec::new("app", "parent", "id"),
+        TableSpec::new("app", "notes", "id"),
+    ];
+    let service = SyncService::start(pg, ServiceConfig::new("t", tables))
+        .await
+        .expect("bootstrap");
+    let parent_id = service
+        .registry()
+        .by_name("app", "parent")
+        .expect("parent")
+        .id;
+    let notes_id = service
+        .registry()
+        .by_name("app", "notes")
+        .expect("notes")
+        .id;
+    let (a, b, c) = (
+        "00000000-0000-4000-8000-00000000000a",
+        "00000000-0000-4000-8000-00000000000b",
+        "00000000-0000-4000-8000-00000000000c",
+    );
+
+    // One statement, two rows: both parents (as stored) and both notes their trigger wrote.
+    let write = service
+        .begin_server_write("u1", "admin")
+        .await
+        .expect("begin");
+    let inserted = write
+        .client()
+        .execute(
+            "INSERT INTO app.parent (id, name) VALUES ($1::text::uuid, 'a'), ($2::text::uuid, 'b')",
+            &[&a, &b],
+        )
+        .await
+        .expect("insert");
+    assert_eq!(inserted, 2);
+    // An insert that inserts nothing is fine, and so is updating a row inserted earlier in
+    // the same bundle (one insert with the last image).
+    write
+        .client()
+        .execute(
+            "INSERT INTO app.parent (id) SELECT id FROM app.parent WHERE false",
+            &[],
+        )
+        .await
+        .expect("empty insert");
+    write
+        .client()
+        .execute(
+            "UPDATE app.parent SET name = 'B2' WHERE id = $1::text::uuid",
+            &[&b],
+        )
+        .await
+        .expect("update");
+    let bundle = write.commit().await.expect("commit");
+    assert_eq!(bundle.row_count, 4);
+    let client = service.pool().get().await.expect("client");
+    let mut effects = bundle_effects(&client, bundle.bundle_seq).await;
+    effects.sort_by(|x, y| (x.1, &x.2).cmp(&(y.1, &y.2)));
+    let names: Vec<(i16, i32, String, Option<serde_json::Value>)> = effects
+        .into_iter()
+        .map(|(op, t, k, p)| {
+            let shown = p.map(|p| {
+                if t == parent_id {
+                    p["name"].clone()
+                } else {
+                    p["parent_id"].clone()
+                }
+            });
+            (op, t, k, shown)
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            (1, parent_id, a.to_owned(), Some(serde_json::json!("A"))),
+            (1, parent_id, b.to_owned(), Some(serde_json::json!("B2"))),
+            (1, notes_id, format!("note-{a}"), Some(serde_json::json!(a))),
+            (1, notes_id, format!("note-{b}"), Some(serde_json::json!(b))),
+        ]
+    );
+
+    // An upsert updates one row and inserts another: an update and an insert (whose
+    // trigger adds its note).
+    let write = service
+        .begin_server_write("u1", "admin")
+        .await
+        .expect("begin");
+    write
+        .client()
+        .execute(
+            "INSERT INTO app.parent (_sync_scope_id, id, name) VALUES ('u1', $1::text::uuid, 'a2'), ('u1', $2::text::uuid, 'c')
+             ON CONFLICT (_sync_scope_id, id) DO UPDATE SET name = EXCLUDED.name",
+            &[&a, &c],
+        )
+        .await
+        .expect("upsert");
+    let bundle = write.commit().await.expect("commit");
+    let mut effects: Vec<(i16, i32, String)> = bundle_effects(&client, bundle.bundle_seq)
+        .await
+        .into_iter()
+        .map(|(op, t, k, _)| (op, t, k))
+        .collect();
+    effects.sort();
+    assert_eq!(
+        effects,
+        vec![
+            (1, parent_id, c.to_owned()),
+            (1, notes_id, format!("note-{c}")),
+            (2, parent_id, a.to_owned()),
+        ]
+    );
+
+    // Deleting a parent deletes its note by cascade: both deletes are captured.
+    let write = service
+        .begin_server_write("u1", "admin")
+        .await
+        .expect("begin");
+    write
+        .client()
+        .execute("DELETE FROM app.parent WHERE id = $1::text::uuid", &[&a])
+        .await
+        .expect("delete");
+    let bundle = write.commit().await.expect("commit");
+    let mut effects: Vec<(i16, i32, String)> = bundle_effects(&client, bundle.bundle_seq)
+        .await
+        .into_iter()
+        .map(|(op, t, k, _)| (op, t, k))
+        .collect();
+    effects.sort();
+    assert_eq!(
+        effects,
+        vec![
+            (3, parent_id, a.to_owned()),
+            (3, notes_id, format!("note-{a}"))
+        ]
+    );
+
+    // Outside a bundle a registered table refuses inserts, one row or many.
+    let err = client
+        .execute(
+            "INSERT INTO app.notes (_sync_scope_id, id) VALUES ('u1', 'x'), ('u1', 'y')",
+            &[],
+        )
+        .await
+        .expect_err("insert outside a bundle");
+    let message = err.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("oversync bundle context")),
+        "{err:?}"
+    );
+    service.shutdown();
+}

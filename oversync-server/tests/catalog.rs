@@ -100,3 +100,80 @@ async fn bootstrap_rekeys_session_tables_of_an_older_database() {
     assert!(bad.is_empty(), "{bad:#?}");
     app.service.shutdown();
 }
+
+/// Foreign keys on the per-row sync tables, and whether the user-deletion trigger is there.
+async fn row_table_keys(url: &str) -> (Vec<String>, bool) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let driver = tokio::spawn(conn);
+    let keys = client
+        .query(
+            "SELECT conname::text FROM pg_constraint
+              WHERE contype = 'f' AND conrelid IN ('sync.row_state'::regclass, 'sync.bundle_rows'::regclass)
+              ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("constraints")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let trigger: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'sync.user_state'::regclass
+                             AND tgname = 'oversync_delete_user_rows')",
+            &[],
+        )
+        .await
+        .expect("trigger")
+        .get(0);
+    drop(client);
+    let _ = driver.await;
+    (keys, trigger)
+}
+
+/// A database bootstrapped when `row_state` and `bundle_rows` still had foreign keys (checked
+/// once per row at every commit) loses them on the next start, and gets the trigger that
+/// deletes a deleted user's rows in their place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_drops_the_per_row_foreign_keys_of_an_older_database() {
+    common::init_logs();
+    let db = oversync_testkit::PgCluster::shared()
+        .expect("cluster")
+        .create_database()
+        .await
+        .expect("db");
+    let app = demo::build_app(DemoConfig::new(&db.url))
+        .await
+        .expect("bootstrap");
+    app.service.shutdown();
+    assert_eq!(row_table_keys(&db.url).await, (vec![], true));
+    {
+        let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let driver = tokio::spawn(conn);
+        // The constraints (and names) an older bootstrap created; no deletion trigger yet.
+        client
+            .batch_execute(
+                "ALTER TABLE sync.row_state
+                   ADD CONSTRAINT row_state_user_pk_fkey FOREIGN KEY (user_pk) REFERENCES sync.user_state(user_pk) ON DELETE CASCADE,
+                   ADD CONSTRAINT row_state_table_id_fkey FOREIGN KEY (table_id) REFERENCES sync.table_catalog(table_id);
+                 ALTER TABLE sync.bundle_rows
+                   ADD CONSTRAINT bundle_rows_user_pk_bundle_seq_fkey FOREIGN KEY (user_pk, bundle_seq)
+                       REFERENCES sync.bundle_log(user_pk, bundle_seq) ON DELETE CASCADE;
+                 DROP TRIGGER oversync_delete_user_rows ON sync.user_state;",
+            )
+            .await
+            .expect("old shape");
+        drop(client);
+        let _ = driver.await;
+    }
+    assert_eq!(row_table_keys(&db.url).await.0.len(), 3);
+    let app = demo::build_app(DemoConfig::new(&db.url))
+        .await
+        .expect("bootstrap upgrades");
+    assert_eq!(row_table_keys(&db.url).await, (vec![], true));
+    app.service.shutdown();
+}

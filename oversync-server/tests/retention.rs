@@ -183,3 +183,43 @@ async fn the_background_sweep_runs_on_its_own() {
     }
     assert_eq!(sql_i64(&url, LOGGED).await, 1);
 }
+
+/// What the sync tables' old foreign keys cascaded, now that `row_state` and `bundle_rows`
+/// have none (a commit paid a key check per row): a user deleted by hand takes every row of
+/// theirs along, and only theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_user_deletes_all_of_their_sync_rows() {
+    let srv = oversync_testkit::TestServer::start_async_with(|c| {
+        c.limits.retained_bundles_per_user = 0;
+    })
+    .await
+    .expect("server");
+    let url = srv.database().url.clone();
+    for user in ["alice", "bob"] {
+        let api = Api::new(&srv, user);
+        api.connect(false).await;
+        push_n(&api, 3).await;
+    }
+    let per_user = |table: &str, user: &str| {
+        format!(
+            "SELECT count(*) FROM sync.{table} t JOIN sync.user_state u USING (user_pk) WHERE u.user_id = '{user}'"
+        )
+    };
+    // Three one-row bundles each.
+    for table in ["row_state", "bundle_rows", "bundle_log"] {
+        assert_eq!(sql_i64(&url, &per_user(table, "alice")).await, 3, "{table}");
+    }
+    let rows_of_all =
+        "SELECT (SELECT count(*) FROM sync.row_state) + (SELECT count(*) FROM sync.bundle_rows)
+                            + (SELECT count(*) FROM sync.bundle_log)";
+    assert_eq!(sql_i64(&url, rows_of_all).await, 18);
+    exec(&url, "DELETE FROM sync.user_state WHERE user_id = 'alice'").await;
+    assert_eq!(
+        sql_i64(&url, rows_of_all).await,
+        9,
+        "alice's rows are gone, bob's are kept"
+    );
+    for table in ["row_state", "bundle_rows", "bundle_log"] {
+        assert_eq!(sql_i64(&url, &per_user(table, "bob")).await, 3, "{table}");
+    }
+}
