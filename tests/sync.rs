@@ -962,6 +962,38 @@ async fn pull_refuses_while_local_changes_wait() {
     }
 }
 
+/// A pull applies with a larger page cache and gives the connection its own size back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_restores_the_connections_page_cache_size() {
+    #[derive(QueryableByName)]
+    struct CacheSize {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        cache_size: i64,
+    }
+    let cache_size = |d: &mut Device| {
+        diesel::sql_query("PRAGMA cache_size")
+            .get_result::<CacheSize>(&mut *d.conn)
+            .expect("cache_size")
+            .cache_size
+    };
+    let server = Server::start().await;
+    let name = fresh_user("cache");
+    let mut a = Device::new(&server, &name);
+    let mut b = Device::new(&server, &name);
+    attach_first(&mut a).await;
+    b.conn.oversync().attach(&name).await.expect("attach b");
+    insert_user(&mut a, &user(&new_id(), "from a"));
+    a.conn.oversync().sync().await.expect("a sync");
+    diesel::sql_query("PRAGMA cache_size = -3000")
+        .execute(&mut *b.conn)
+        .expect("set cache_size");
+    match b.conn.oversync().pull_to_stable().await.expect("b pulls") {
+        PullOutcome::UpToDate { rows_applied, .. } => assert_eq!(rows_applied, 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cache_size(&mut b), -3000);
+}
+
 fn pulled(report: &oversync_diesel::SyncReport) -> (u64, u64, i64) {
     match report.pull {
         PullOutcome::UpToDate {

@@ -61,6 +61,18 @@ impl Oversync<'_> {
         if pending_rows > 0 {
             return Ok(PullOutcome::BlockedByPendingChanges { pending_rows });
         }
+        let cache = page_cache_size(self.conn)?;
+        set_page_cache_size(self.conn, -PULL_PAGE_CACHE_KIB)?;
+        let pulled = self.pull_pages().await;
+        // A pull whose future is dropped keeps the larger cache: memory, nothing else.
+        let restored = set_page_cache_size(self.conn, cache);
+        let pulled = pulled?;
+        restored?;
+        Ok(pulled)
+    }
+
+    /// The pages of [`Oversync::pull_to_stable`], after its checks.
+    async fn pull_pages(&mut self) -> Result<PullOutcome> {
         let transport = self.transport()?;
         let most_bundles = self
             .rt
@@ -471,6 +483,28 @@ impl PageSize {
             self.bytes += bytes;
         }
     }
+}
+
+/// SQLite's page cache (KiB) while a pull applies: a 10,000-row batch of random keys touches
+/// about one page per row in each b-tree it writes, far more than the default 2 MB holds, so
+/// the transaction spilled pages to the WAL and read them back (a quarter of the apply at
+/// 100k rows). The connection's own size is restored when the pull ends.
+const PULL_PAGE_CACHE_KIB: i64 = 16 * 1024;
+
+/// `PRAGMA cache_size` (pages when positive, KiB when negative).
+fn page_cache_size(conn: &mut SqliteConnection) -> Result<i64> {
+    #[derive(QueryableByName)]
+    struct CacheSize {
+        #[diesel(sql_type = BigInt)]
+        cache_size: i64,
+    }
+    let size: CacheSize = diesel::sql_query("PRAGMA cache_size").get_result(conn)?;
+    Ok(size.cache_size)
+}
+
+fn set_page_cache_size(conn: &mut SqliteConnection, size: i64) -> Result<()> {
+    diesel::sql_query(format!("PRAGMA cache_size = {size}")).execute(conn)?;
+    Ok(())
 }
 
 /// Moves the pull checkpoint to `seq` (never back: another connection, the watcher say, may
