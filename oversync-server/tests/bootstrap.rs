@@ -234,6 +234,17 @@ fn example_binary_serves_health_on_a_fresh_database() {
 }
 
 /// `(op, table_id, key_text, payload)` of bundle `seq`, in bundle order.
+/// (op, table id, key) of bundle `seq`'s rows, sorted.
+async fn sorted_keys(client: &deadpool_postgres::Object, seq: i64) -> Vec<(i16, i32, String)> {
+    let mut keys: Vec<(i16, i32, String)> = bundle_effects(client, seq)
+        .await
+        .into_iter()
+        .map(|(op, t, k, _)| (op, t, k))
+        .collect();
+    keys.sort();
+    keys
+}
+
 async fn bundle_effects(
     client: &deadpool_postgres::Object,
     seq: i64,
@@ -383,12 +394,7 @@ async fn capture_sees_multi_row_inserts_upserts_app_triggers_and_cascades() {
         .await
         .expect("upsert");
     let bundle = write.commit().await.expect("commit");
-    let mut effects: Vec<(i16, i32, String)> = bundle_effects(&client, bundle.bundle_seq)
-        .await
-        .into_iter()
-        .map(|(op, t, k, _)| (op, t, k))
-        .collect();
-    effects.sort();
+    let effects = sorted_keys(&client, bundle.bundle_seq).await;
     assert_eq!(
         effects,
         vec![
@@ -409,12 +415,7 @@ async fn capture_sees_multi_row_inserts_upserts_app_triggers_and_cascades() {
         .await
         .expect("delete");
     let bundle = write.commit().await.expect("commit");
-    let mut effects: Vec<(i16, i32, String)> = bundle_effects(&client, bundle.bundle_seq)
-        .await
-        .into_iter()
-        .map(|(op, t, k, _)| (op, t, k))
-        .collect();
-    effects.sort();
+    let effects = sorted_keys(&client, bundle.bundle_seq).await;
     assert_eq!(
         effects,
         vec![
