@@ -219,13 +219,7 @@ fn apply_inner(
 /// expires every prepared statement of the connection (SQLite prepares each again), and a
 /// commit turns it off, so it is set once per transaction, not once per call.
 fn defer_foreign_keys(conn: &mut SqliteConnection) -> Result<()> {
-    #[derive(QueryableByName)]
-    struct Deferred {
-        #[diesel(sql_type = BigInt)]
-        defer_foreign_keys: i64,
-    }
-    let deferred: Deferred = diesel::sql_query("PRAGMA defer_foreign_keys").get_result(conn)?;
-    if deferred.defer_foreign_keys == 0 {
+    if crate::state::pragma_int(conn, "defer_foreign_keys")? == 0 {
         conn.batch_execute("PRAGMA defer_foreign_keys = ON")?;
     }
     Ok(())

@@ -61,7 +61,7 @@ impl Oversync<'_> {
         if pending_rows > 0 {
             return Ok(PullOutcome::BlockedByPendingChanges { pending_rows });
         }
-        let cache = page_cache_size(self.conn)?;
+        let cache = state::pragma_int(self.conn, "cache_size")?;
         set_page_cache_size(self.conn, -PULL_PAGE_CACHE_KIB)?;
         let pulled = self.pull_pages().await;
         // A pull whose future is dropped keeps the larger cache: memory, nothing else.
@@ -491,17 +491,7 @@ impl PageSize {
 /// 100k rows). The connection's own size is restored when the pull ends.
 const PULL_PAGE_CACHE_KIB: i64 = 16 * 1024;
 
-/// `PRAGMA cache_size` (pages when positive, KiB when negative).
-fn page_cache_size(conn: &mut SqliteConnection) -> Result<i64> {
-    #[derive(QueryableByName)]
-    struct CacheSize {
-        #[diesel(sql_type = BigInt)]
-        cache_size: i64,
-    }
-    let size: CacheSize = diesel::sql_query("PRAGMA cache_size").get_result(conn)?;
-    Ok(size.cache_size)
-}
-
+/// Sets `PRAGMA cache_size` (pages when positive, KiB when negative).
 fn set_page_cache_size(conn: &mut SqliteConnection, size: i64) -> Result<()> {
     diesel::sql_query(format!("PRAGMA cache_size = {size}")).execute(conn)?;
     Ok(())

@@ -232,16 +232,23 @@ pub(crate) fn rotate_source_locally(
     Ok(fresh)
 }
 
+/// The integer value of `PRAGMA <name>` on this connection (a pragma with one result).
+pub(crate) fn pragma_int(conn: &mut SqliteConnection, name: &'static str) -> QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Value {
+        #[diesel(sql_type = BigInt)]
+        value: i64,
+    }
+    // The table-valued form names its one column, so one struct reads any such pragma.
+    let v: Value =
+        sql_query(format!("SELECT {name} AS value FROM pragma_{name}")).get_result(conn)?;
+    Ok(v.value)
+}
+
 /// SQLite's `PRAGMA data_version`: it changes when another connection commits to the
 /// database, never for this connection's own commits.
 pub(crate) fn data_version(conn: &mut SqliteConnection) -> QueryResult<i64> {
-    #[derive(QueryableByName)]
-    struct Version {
-        #[diesel(sql_type = BigInt)]
-        data_version: i64,
-    }
-    let v: Version = sql_query("PRAGMA data_version").get_result(conn)?;
-    Ok(v.data_version)
+    pragma_int(conn, "data_version")
 }
 
 /// The highest row version in `_sync_row_state` (0 when empty).
