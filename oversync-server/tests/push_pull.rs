@@ -18,6 +18,16 @@ fn file_row(id: &str, data_b64: &str) -> Value {
            "base_row_version": 0, "payload": {"id": id, "name": "f.bin", "data": data_b64}})
 }
 
+/// A `typed_rows` insert with a value of every kind: NULL, a 2^53 - 1 integer, a boolean as
+/// an integer, a REAL, a BLOB (base64) and a timestamp.
+fn typed_row(id: &str, name: &str) -> Value {
+    json!({"schema": "business", "table": "typed_rows", "key": {"id": id}, "op": "INSERT",
+        "base_row_version": 0,
+        "payload": {"id": id, "name": name, "note": null, "count_value": 9007199254740991_i64,
+                    "enabled_flag": 1, "rating": 2.5, "data": "3q2+7w==",
+                    "created_at": "2026-01-02T03:04:05Z"}})
+}
+
 #[tokio::test]
 async fn push_in_chunks_then_fetch_committed_rows_and_pull() {
     let server = server().await;
@@ -483,11 +493,7 @@ async fn cascades_bytea_and_types_are_captured() {
                "base_row_version": 0, "payload": {"id": id, "name": "c", "parent_id": parent}})
     };
     let t = new_id();
-    let typed = json!({"schema": "business", "table": "typed_rows", "key": {"id": t}, "op": "INSERT",
-        "base_row_version": 0,
-        "payload": {"id": t, "name": "n", "note": null, "count_value": 9007199254740991_i64,
-                    "enabled_flag": 1, "rating": 2.5, "data": "3q2+7w==",
-                    "created_at": "2026-01-02T03:04:05Z"}});
+    let typed = typed_row(&t, "n");
     let (s, b) = api
         .push(
             1,
@@ -757,11 +763,7 @@ async fn snapshot_pages_over_http_match_the_library_answer() {
     let api = Api::new(&server, "alice");
     api.connect(false).await;
     let t = new_id();
-    let typed = json!({"schema": "business", "table": "typed_rows", "key": {"id": t}, "op": "INSERT",
-        "base_row_version": 0,
-        "payload": {"id": t, "name": "n \"q\" é", "note": null, "count_value": 9007199254740991_i64,
-                    "enabled_flag": 1, "rating": 2.5, "data": "3q2+7w==",
-                    "created_at": "2026-01-02T03:04:05Z"}});
+    let typed = typed_row(&t, "n \"q\" é");
     let mut rows = vec![typed, file_row(&new_id(), "AAEC/w==")];
     rows.extend((0..5).map(|i| user_row(&new_id(), &format!("u{i}"))));
     let (s, b) = api.push(1, rows).await;
