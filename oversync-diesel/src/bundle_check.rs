@@ -3,12 +3,12 @@
 //!
 //! Two copies of one database file (a restored backup, a cloned device) share a source id and
 //! its sequence, so the second copy's push can be answered `already_committed` with the first
-//! copy's bundle. Accepting it would drop the second copy's writes silently. The staged bundle
-//! is therefore compared with the outbox, key by key, in wire form: every outbox row present
-//! once, with the same kind of op and payload values equivalent the way the server normalizes
-//! them (numbers, timestamps, booleans, JSON), so a legitimate bundle is never refused. Rows
-//! for keys the outbox does not hold are the server's own effects of the push (a cascade, a
-//! trigger) and are allowed.
+//! copy's bundle. Accepting it would drop the second copy's writes silently. The committed
+//! bundle is therefore compared with the outbox in wire form as its pages arrive: every
+//! outbox row present once, with the same kind of op and payload values equivalent the way the
+//! server normalizes them (numbers, timestamps, booleans, JSON), so a legitimate bundle is
+//! never refused. Rows for keys the outbox does not hold are the server's own effects of the
+//! push (a cascade, a trigger) and are allowed.
 
 use crate::codec::{self, UuidRefs};
 use crate::config::OversyncConfig;
@@ -16,22 +16,15 @@ use crate::error::Result;
 use crate::statement::{Bind, CachedStatement, Template};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text};
-use oversync_protocol::Op;
+use oversync_protocol::{BundleRow, Op};
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 #[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-#[derive(QueryableByName)]
-struct Staged {
+struct Frozen {
     #[diesel(sql_type = BigInt)]
     row_ordinal: i64,
-    #[diesel(sql_type = Text)]
-    schema_name: String,
     #[diesel(sql_type = Text)]
     table_name: String,
     #[diesel(sql_type = Text)]
@@ -39,149 +32,184 @@ struct Staged {
     #[diesel(sql_type = Text)]
     op: String,
     #[diesel(sql_type = Nullable<Text>)]
-    payload: Option<String>,
-}
-
-#[derive(QueryableByName)]
-struct Frozen {
-    #[diesel(sql_type = Text)]
-    op: String,
-    #[diesel(sql_type = Nullable<Text>)]
     local_payload: Option<String>,
 }
 
-/// Rows compared per page, so memory stays bounded for large bundles.
-const PAGE: i64 = 1000;
+/// Compares a committed bundle with the frozen outbox page by page, as the bundle's pages
+/// arrive, so nothing is read back or parsed twice.
+///
+/// A server that commits rows in the order they were pushed puts committed row `i` beside
+/// outbox row `i`: those are compared from one range read of the outbox. Any other row is
+/// looked up by key (a server effect shifts the rows after it, and the order is the
+/// server's to choose).
+pub(crate) struct OutboxCheck {
+    source_bundle_id: i64,
+    /// Which outbox rows a committed row matched: each must match exactly once.
+    matched: Vec<bool>,
+    matched_count: usize,
+    /// The first difference found; later rows are not compared.
+    differs: Option<String>,
+}
 
-/// `None` when the staged bundle `bundle_seq` is exactly the outbox's intent; otherwise what
-/// differs first (the bundle belongs to another install sharing this source id).
-pub(crate) fn outbox_mismatch(
-    conn: &mut SqliteConnection,
-    config: &OversyncConfig,
-    refs: &UuidRefs,
-    bundle_seq: i64,
-) -> Result<Option<String>> {
-    let staged: Count =
-        diesel::sql_query("SELECT COUNT(*) AS n FROM _sync_push_stage WHERE bundle_seq = ?")
-            .bind::<BigInt, _>(bundle_seq)
-            .get_result(conn)?;
-    let frozen: Count =
-        diesel::sql_query("SELECT COUNT(*) AS n FROM _sync_outbox_rows").get_result(conn)?;
-    if staged.n < frozen.n {
-        return Ok(Some(format!(
-            "bundle {bundle_seq} has {} rows, the outbox {}",
-            staged.n, frozen.n
-        )));
-    }
-    let distinct: Count = diesel::sql_query(
-        "SELECT COUNT(*) AS n FROM (SELECT DISTINCT table_name, key_json FROM _sync_push_stage WHERE bundle_seq = ?)",
-    )
-    .bind::<BigInt, _>(bundle_seq)
-    .get_result(conn)?;
-    if distinct.n != staged.n {
-        return Ok(Some(format!("bundle {bundle_seq} repeats a key")));
-    }
-    // Distinct staged keys: every outbox key matched once means every outbox row is present.
-    let mut from = 0i64;
-    let mut matched = 0i64;
-    loop {
-        let page: Vec<Staged> = diesel::sql_query(
-            "SELECT row_ordinal, schema_name, table_name, key_json, op, payload FROM _sync_push_stage \
-             WHERE bundle_seq = ? AND row_ordinal >= ? ORDER BY row_ordinal LIMIT ?",
-        )
-        .bind::<BigInt, _>(bundle_seq)
-        .bind::<BigInt, _>(from)
-        .bind::<BigInt, _>(PAGE)
-        .load(conn)?;
-        let Some(last) = page.last() else {
-            return Ok((matched != frozen.n).then(|| {
-                format!(
-                    "bundle {bundle_seq} holds {matched} of the outbox's {} rows",
-                    frozen.n
-                )
-            }));
-        };
-        from = last.row_ordinal + 1;
-        for row in page {
-            match row_mismatch(conn, config, refs, &row)? {
-                RowCheck::Matches => matched += 1,
-                RowCheck::ServerEffect => {}
-                RowCheck::Differs(why) => {
-                    return Ok(Some(format!(
-                        "bundle {bundle_seq} row {} ({} {}): {why}",
-                        row.row_ordinal, row.table_name, row.key_json
-                    )));
-                }
-            }
+impl OutboxCheck {
+    /// A check against the outbox frozen as `source_bundle_id` with `row_count` rows.
+    pub(crate) fn new(source_bundle_id: i64, row_count: i64) -> Self {
+        OutboxCheck {
+            source_bundle_id,
+            matched: vec![false; usize::try_from(row_count).unwrap_or(0)],
+            matched_count: 0,
+            differs: None,
         }
+    }
+
+    /// Checks the committed rows `first_ordinal..` of one page of a bundle of
+    /// `committed_rows` rows.
+    pub(crate) fn page(
+        &mut self,
+        conn: &mut SqliteConnection,
+        config: &OversyncConfig,
+        refs: &UuidRefs,
+        committed_rows: i64,
+        first_ordinal: i64,
+        rows: &[BundleRow],
+    ) -> Result<()> {
+        let frozen = self.matched.len();
+        if self.differs.is_none() && usize::try_from(committed_rows).unwrap_or(0) < frozen {
+            self.differs = Some(format!(
+                "the bundle has {committed_rows} rows, the outbox {frozen}"
+            ));
+        }
+        if self.differs.is_some() || rows.is_empty() {
+            return Ok(());
+        }
+        let beside: HashMap<i64, Frozen> = diesel::sql_query(
+            "SELECT row_ordinal, table_name, key_json, op, local_payload FROM _sync_outbox_rows \
+             WHERE source_bundle_id = ? AND row_ordinal >= ? AND row_ordinal < ?",
+        )
+        .bind::<BigInt, _>(self.source_bundle_id)
+        .bind::<BigInt, _>(first_ordinal)
+        .bind::<BigInt, _>(first_ordinal + rows.len() as i64)
+        .load::<Frozen>(conn)?
+        .into_iter()
+        .map(|f| (f.row_ordinal, f))
+        .collect();
+        for (ordinal, row) in (first_ordinal..).zip(rows) {
+            let check = row_check(conn, config, refs, row, beside.get(&ordinal))?;
+            let why = match check {
+                RowCheck::Matches(frozen_ordinal) => match usize::try_from(frozen_ordinal)
+                    .ok()
+                    .and_then(|i| self.matched.get_mut(i))
+                {
+                    Some(seen) if !*seen => {
+                        *seen = true;
+                        self.matched_count += 1;
+                        continue;
+                    }
+                    Some(_) => "repeats a key".to_string(),
+                    None => format!("matches outbox row {frozen_ordinal}, beyond its rows"),
+                },
+                RowCheck::ServerEffect => continue,
+                RowCheck::Differs(why) => why,
+            };
+            self.differs = Some(format!(
+                "row {ordinal} ({} {:?}): {why}",
+                row.table, row.key
+            ));
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    /// `None` when the whole bundle was this outbox's intent; otherwise what differs first
+    /// (the bundle belongs to another install sharing this source id).
+    pub(crate) fn finish(self) -> Option<String> {
+        if self.differs.is_some() {
+            return self.differs;
+        }
+        (self.matched_count != self.matched.len()).then(|| {
+            format!(
+                "the bundle holds {} of the outbox's {} rows",
+                self.matched_count,
+                self.matched.len()
+            )
+        })
     }
 }
 
 /// How one committed row relates to the outbox.
 enum RowCheck {
-    /// It is an outbox row, as sent.
-    Matches,
+    /// It is the outbox row of this ordinal, as sent.
+    Matches(i64),
     /// Its key is not in the outbox: an effect the server's own schema added (a cascade).
     ServerEffect,
     /// It cannot be this outbox's row.
     Differs(String),
 }
 
-fn row_mismatch(
+/// Checks one committed row; `beside` is the outbox row of the same ordinal, if any.
+fn row_check(
     conn: &mut SqliteConnection,
     config: &OversyncConfig,
     refs: &UuidRefs,
-    row: &Staged,
+    row: &BundleRow,
+    beside: Option<&Frozen>,
 ) -> Result<RowCheck> {
-    if row.schema_name != config.schema() {
-        return Ok(RowCheck::Differs(format!("schema {}", row.schema_name)));
+    if row.schema != config.schema() {
+        return Ok(RowCheck::Differs(format!("schema {}", row.schema)));
     }
-    let Some(spec) = config.table_named(&row.table_name) else {
+    let Some(spec) = config.table_named(&row.table) else {
         return Ok(RowCheck::Differs("table not registered here".into()));
     };
-    let Ok(Value::Object(key)) = serde_json::from_str::<Value>(&row.key_json) else {
-        return Ok(RowCheck::Differs("key is not an object".into()));
-    };
-    let Ok((_, key_json)) = codec::key_wire_to_local(spec, &key) else {
+    let Ok((_, key_json)) = codec::key_wire_to_local(spec, &row.key) else {
         return Ok(RowCheck::Differs("key is not this table's key".into()));
     };
-    // Once per committed row: a cached statement, not one prepared per row.
+    // Once per committed row out of push order: a cached statement, not one prepared per row.
     static FROZEN_ROW: LazyLock<Template> = LazyLock::new(|| {
         Template::new(
-            "SELECT op, local_payload FROM _sync_outbox_rows WHERE table_name = \0 AND key_json = \0"
+            "SELECT row_ordinal, table_name, key_json, op, local_payload FROM _sync_outbox_rows WHERE table_name = \0 AND key_json = \0"
                 .into(),
         )
     });
-    let frozen: Option<Frozen> = CachedStatement::new(&FROZEN_ROW)
-        .bind_all([Bind::Text(spec.table_name), Bind::Text(&key_json)])
-        .get_result(conn)
-        .optional()?;
-    let Some(frozen) = frozen else {
-        return Ok(RowCheck::ServerEffect);
+    let looked_up;
+    let frozen = match beside {
+        Some(f) if f.table_name == spec.table_name && f.key_json == key_json => f,
+        _ => {
+            looked_up = CachedStatement::new(&FROZEN_ROW)
+                .bind_all([Bind::Text(spec.table_name), Bind::Text(&key_json)])
+                .get_result::<Frozen>(conn)
+                .optional()?;
+            match &looked_up {
+                Some(f) => f,
+                None => return Ok(RowCheck::ServerEffect),
+            }
+        }
     };
     let deletes = (
-        Op::parse(&row.op) == Some(Op::Delete),
+        row.op == Op::Delete,
         Op::parse(&frozen.op) == Some(Op::Delete),
     );
     match deletes {
-        (true, true) => return Ok(RowCheck::Matches),
+        (true, true) => return Ok(RowCheck::Matches(frozen.row_ordinal)),
         (false, false) => {}
         // The server may record a write as INSERT or UPDATE, but never swaps write and delete.
         _ => {
             return Ok(RowCheck::Differs(format!(
                 "op {} where the outbox has {}",
-                row.op, frozen.op
+                row.op.as_str(),
+                frozen.op
             )));
         }
     }
-    let (Some(local), Some(committed)) = (frozen.local_payload, row.payload.as_deref()) else {
+    let (Some(local), Some(committed)) = (frozen.local_payload.as_deref(), row.payload.as_ref())
+    else {
         return Ok(RowCheck::Differs("write without payload".into()));
     };
-    let local = codec::payload_local_to_wire(spec, refs, &local)?;
-    let Ok(Value::Object(committed)) = serde_json::from_str::<Value>(committed) else {
+    let local = codec::payload_local_to_wire(spec, refs, local)?;
+    let Value::Object(committed) = committed else {
         return Ok(RowCheck::Differs("payload is not an object".into()));
     };
-    Ok(payload_mismatch(&local, &committed).map_or(RowCheck::Matches, RowCheck::Differs))
+    Ok(payload_mismatch(&local, committed)
+        .map_or(RowCheck::Matches(frozen.row_ordinal), RowCheck::Differs))
 }
 
 /// Every column this install sent must be present with an equivalent value; columns only the
@@ -310,7 +338,163 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::table::{ColumnSpec, KeyKind, TableSpec, ValueKind};
+    use diesel::connection::SimpleConnection;
     use serde_json::json;
+
+    const NOTES: TableSpec = TableSpec {
+        table_name: "notes",
+        key_column: "id",
+        key_kind: KeyKind::Text,
+        columns: &[
+            ColumnSpec {
+                name: "id",
+                is_blob: false,
+                kind: ValueKind::Text,
+            },
+            ColumnSpec {
+                name: "n",
+                is_blob: false,
+                kind: ValueKind::Integer,
+            },
+        ],
+        up_sql: "",
+        down_sql: "",
+        triggers: &[],
+    };
+
+    /// The UUID key named by one letter.
+    fn id(key: &str) -> String {
+        format!(
+            "00000000-0000-4000-8000-0000000000{:02x}",
+            key.as_bytes()[0]
+        )
+    }
+
+    /// An outbox of `keys` (upserts with `n` = position, "d" deleted), frozen as bundle 7.
+    fn outbox(keys: &[&str]) -> SqliteConnection {
+        let mut conn = SqliteConnection::establish(":memory:").unwrap();
+        conn.batch_execute(crate::migrations::METADATA_UP).unwrap();
+        for (i, key) in keys.iter().enumerate() {
+            let (op, payload) = if *key == "d" {
+                ("DELETE", None)
+            } else {
+                ("INSERT", Some(json!({"id": id(key), "n": i}).to_string()))
+            };
+            diesel::sql_query(
+                "INSERT INTO _sync_outbox_rows(source_bundle_id, row_ordinal, schema_name, table_name, key_json, wire_key_json, op, base_row_version, local_payload) \
+                 VALUES (7, ?, 'app', 'notes', ?, '', ?, 0, ?)",
+            )
+            .bind::<BigInt, _>(i as i64)
+            .bind::<Text, _>(json!({"id": id(key)}).to_string())
+            .bind::<Text, _>(op)
+            .bind::<Nullable<Text>, _>(payload)
+            .execute(&mut conn)
+            .unwrap();
+        }
+        conn
+    }
+
+    fn committed(key: &str, n: usize) -> BundleRow {
+        BundleRow {
+            schema: "app".into(),
+            table: "notes".into(),
+            key: oversync_protocol::sync_key("id", &id(key)),
+            op: if key == "d" { Op::Delete } else { Op::Update },
+            row_version: 3,
+            // The server renders the integer as a float: still the same value.
+            payload: (key != "d").then(|| json!({"id": id(key), "n": n as f64})),
+        }
+    }
+
+    /// Runs the check over `rows` in pages of `page` rows.
+    fn check(
+        conn: &mut SqliteConnection,
+        frozen: i64,
+        rows: &[BundleRow],
+        page: usize,
+    ) -> Option<String> {
+        let config = OversyncConfig::new("app").table_spec(&NOTES);
+        let mut check = OutboxCheck::new(7, frozen);
+        for (i, chunk) in rows.chunks(page).enumerate() {
+            let first = (i * page) as i64;
+            check
+                .page(
+                    conn,
+                    &config,
+                    &UuidRefs::new(),
+                    rows.len() as i64,
+                    first,
+                    chunk,
+                )
+                .unwrap();
+        }
+        check.finish()
+    }
+
+    #[test]
+    fn a_bundle_in_push_order_or_any_other_with_server_effects_is_the_outbox() {
+        let keys = ["a", "b", "d", "c"];
+        let mut conn = outbox(&keys);
+        let in_order: Vec<BundleRow> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| committed(k, i))
+            .collect();
+        assert_eq!(check(&mut conn, 4, &in_order, 2), None);
+        // A cascade row first shifts every row off its outbox ordinal; reversed, only one
+        // row sits beside its own.
+        let mut shifted = vec![committed("x", 9)];
+        shifted.extend(in_order.iter().cloned());
+        assert_eq!(check(&mut conn, 4, &shifted, 3), None);
+        let reversed: Vec<BundleRow> = in_order.iter().rev().cloned().collect();
+        assert_eq!(check(&mut conn, 4, &reversed, 1), None);
+    }
+
+    #[test]
+    fn another_installs_bundle_is_told_apart() {
+        let keys = ["a", "b", "c"];
+        let mut conn = outbox(&keys);
+        let ours: Vec<BundleRow> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| committed(k, i))
+            .collect();
+        // A value differs.
+        let mut other = ours.clone();
+        other[1] = committed("b", 5);
+        let why = check(&mut conn, 3, &other, 2).expect("a changed value");
+        assert!(why.contains("row 1") && why.contains("n is 5"), "{why}");
+        // A row is missing (the bundle is shorter), or replaced by a repeat of another key.
+        assert!(
+            check(&mut conn, 3, &ours[..2], 2)
+                .expect("short")
+                .contains("2 rows")
+        );
+        let repeated = vec![ours[0].clone(), ours[1].clone(), ours[0].clone()];
+        assert!(
+            check(&mut conn, 3, &repeated, 2)
+                .expect("repeat")
+                .contains("repeats a key")
+        );
+        // A delete where the outbox wrote, or a write where it deleted.
+        let mut swapped = ours.clone();
+        swapped[2] = BundleRow {
+            op: Op::Delete,
+            payload: None,
+            ..ours[2].clone()
+        };
+        assert!(
+            check(&mut conn, 3, &swapped, 3)
+                .expect("op")
+                .contains("op DELETE")
+        );
+        // Every row present but one outbox row never matched: a foreign key the outbox lacks.
+        let mut foreign = ours.clone();
+        foreign[2] = committed("z", 2);
+        let why = check(&mut conn, 3, &foreign, 3).expect("unmatched");
+        assert!(why.contains("2 of the outbox's 3"), "{why}");
+    }
 
     #[test]
     fn timestamps_compare_as_instants() {

@@ -15,6 +15,7 @@
 //!    checkpoint, and clears the outbox.
 
 use crate::apply::{RowEffect, apply_effects, in_apply_transaction};
+use crate::bundle_check::OutboxCheck;
 use crate::codec::SqlValue;
 use crate::codec::{self, invalid};
 use crate::conflict::{Conflict, Resolution, merged_to_wire};
@@ -238,7 +239,10 @@ impl Oversync<'_> {
                     }
                 }
             };
-            match self.fetch_committed(bundle_seq, &bundle_hash).await? {
+            match self
+                .fetch_committed(&outbox, bundle_seq, &bundle_hash)
+                .await?
+            {
                 Fetched::Ours => {}
                 Fetched::AnotherInstalls(why) if rotated => {
                     // A source minted a moment ago cannot collide: the server changed the rows.
@@ -622,9 +626,14 @@ impl Oversync<'_> {
         })
     }
 
-    /// Fetches the committed bundle into `_sync_push_stage`, verifying `bundle_hash`, then
-    /// checks that it is this outbox's bundle (see `bundle_check`).
-    async fn fetch_committed(&mut self, bundle_seq: i64, expected_hash: &str) -> Result<Fetched> {
+    /// Fetches the committed bundle into `_sync_push_stage`, verifying `bundle_hash` and
+    /// checking, page by page, that it is this outbox's bundle (see `bundle_check`).
+    async fn fetch_committed(
+        &mut self,
+        outbox: &state::OutboxBundle,
+        bundle_seq: i64,
+        expected_hash: &str,
+    ) -> Result<Fetched> {
         let transport = self.transport()?;
         let source = state::attachment_state(self.conn)?.current_source_id;
         self.conn.batch_execute("DELETE FROM _sync_push_stage")?;
@@ -638,6 +647,7 @@ impl Oversync<'_> {
         let mut after: Option<i64> = None;
         let mut ordinal: i64 = 0;
         let mut not_found = 0u32;
+        let mut check = OutboxCheck::new(outbox.source_bundle_id, outbox.row_count);
         loop {
             let resp = match transport
                 .committed_bundle_rows(&source, bundle_seq, after, Some(page))
@@ -678,6 +688,15 @@ impl Oversync<'_> {
             if resp.rows.is_empty() && resp.has_more {
                 return Err(invalid("committed bundle page made no progress"));
             }
+            let refs = &self.rt.uuid_refs;
+            check.page(
+                self.conn,
+                self.config,
+                refs,
+                resp.row_count,
+                ordinal,
+                &resp.rows,
+            )?;
             self.stage_push_rows(bundle_seq, ordinal, &resp.rows)?;
             for row in &resp.rows {
                 hasher.push(row);
@@ -700,13 +719,7 @@ impl Oversync<'_> {
                 "bundle {bundle_seq}: bundle_hash {actual} does not match {expected_hash}"
             )));
         }
-        let config = self.config;
-        match crate::bundle_check::outbox_mismatch(
-            self.conn,
-            config,
-            &self.rt.uuid_refs,
-            bundle_seq,
-        )? {
+        match check.finish() {
             None => Ok(Fetched::Ours),
             Some(why) => {
                 tracing::warn!(bundle_seq, %why, "committed bundle is not this outbox's");
