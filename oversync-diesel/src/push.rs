@@ -25,7 +25,7 @@ use crate::handle::Oversync;
 use crate::quarantine::{RowRejection, row_rejection};
 use crate::state;
 use crate::statement::{Bind, BindType, CachedStatement, in_statements, marks, value_rows};
-use crate::transport::TransportError;
+use crate::transport::{TransportError, spawn_io};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text};
@@ -648,11 +648,18 @@ impl Oversync<'_> {
         let mut ordinal: i64 = 0;
         let mut not_found = 0u32;
         let mut check = OutboxCheck::new(outbox.source_bundle_id, outbox.row_count);
-        loop {
-            let resp = match transport
-                .committed_bundle_rows(&source, bundle_seq, after, Some(page))
-                .await
-            {
+        // Each page is asked for before the previous one is written (see `transport::io`).
+        let request = |after: Option<i64>| {
+            let (transport, source) = (transport.clone(), source.clone());
+            spawn_io(async move {
+                transport
+                    .committed_bundle_rows(&source, bundle_seq, after, Some(page))
+                    .await
+            })
+        };
+        let mut next = Some(request(after));
+        while let Some(pending) = next.take() {
+            let resp = match pending.await {
                 Ok(resp) => resp,
                 Err(e) if e.code() == Some(codes::HISTORY_PRUNED) => return Ok(Fetched::Pruned),
                 // The commit may not be readable yet on the node answering (a replica, or a
@@ -675,6 +682,7 @@ impl Oversync<'_> {
                         reason: format!("committed bundle {bundle_seq} not found yet"),
                     });
                     tokio::time::sleep(delay).await;
+                    next = Some(request(after));
                     continue;
                 }
                 Err(e) => return Err(self.server_error(e)),
@@ -688,6 +696,9 @@ impl Oversync<'_> {
             if resp.rows.is_empty() && resp.has_more {
                 return Err(invalid("committed bundle page made no progress"));
             }
+            let last = ordinal + resp.rows.len() as i64 - 1;
+            // Cancelled (dropped) when this page fails below.
+            next = resp.has_more.then(|| request(Some(last)));
             let refs = &self.rt.uuid_refs;
             check.page(
                 self.conn,
@@ -707,10 +718,7 @@ impl Oversync<'_> {
                 done: ordinal as u64,
                 total: Some(resp.row_count.max(0) as u64),
             });
-            if !resp.has_more {
-                break;
-            }
-            after = Some(ordinal - 1);
+            after = Some(last);
         }
         let actual = hasher.finish();
         if actual != expected_hash {

@@ -10,6 +10,7 @@ use crate::handle::Oversync;
 use crate::push::effect_from_wire;
 use crate::state;
 use crate::statement::{Bind, CachedStatement, in_statements, marks, value_rows};
+use crate::transport::spawn_io;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
@@ -253,11 +254,19 @@ impl Oversync<'_> {
         let mut peak = 0u64;
         // Time spent validating and writing rows locally (the rest waits on the network).
         let mut local_time = std::time::Duration::ZERO;
-        loop {
-            let chunk = transport
-                .snapshot_chunk(source, &session.snapshot_id, after, page)
-                .await
-                .map_err(|e| self.server_error(e))?;
+        // Each page is asked for before the previous one is written (see `transport::io`).
+        let request = |after: i64| {
+            let (transport, source) = (transport.clone(), source.to_owned());
+            let snapshot_id = session.snapshot_id.clone();
+            spawn_io(async move {
+                transport
+                    .snapshot_chunk(&source, &snapshot_id, after, page)
+                    .await
+            })
+        };
+        let mut next = Some(request(after));
+        while let Some(pending) = next.take() {
+            let chunk = pending.await.map_err(|e| self.server_error(e))?;
             if chunk.snapshot_id != session.snapshot_id
                 || chunk.snapshot_bundle_seq != session.snapshot_bundle_seq
             {
@@ -281,6 +290,14 @@ impl Oversync<'_> {
                     "snapshot announced {total} rows but sent more"
                 )));
             }
+            if chunk.has_more && chunk.next_row_ordinal <= after {
+                return Err(invalid(format!(
+                    "snapshot cursor did not advance ({} after {after})",
+                    chunk.next_row_ordinal
+                )));
+            }
+            // Cancelled (dropped) when this page fails below.
+            next = chunk.has_more.then(|| request(chunk.next_row_ordinal));
             let local = std::time::Instant::now();
             // Validate before staging so a hostile row never reaches the swap.
             for row in &chunk.rows {
@@ -357,15 +374,6 @@ impl Oversync<'_> {
                 done: staged,
                 total: Some(total),
             });
-            if !chunk.has_more {
-                break;
-            }
-            if chunk.next_row_ordinal <= after {
-                return Err(invalid(format!(
-                    "snapshot cursor did not advance ({} after {after})",
-                    chunk.next_row_ordinal
-                )));
-            }
             after = chunk.next_row_ordinal;
         }
         if staged != total {

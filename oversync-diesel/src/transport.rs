@@ -9,6 +9,8 @@
 
 mod auth;
 mod error;
+mod io;
+pub(crate) use io::spawn as spawn_io;
 mod pull_body;
 mod retry;
 pub(crate) use retry::jittered_backoff;
@@ -712,7 +714,7 @@ impl Transport {
         delay
     }
 
-    /// One attempt, bounded by the request timeout.
+    /// One attempt, bounded by the request timeout, on the I/O runtime (see `io`).
     async fn attempt(
         &self,
         call: &Call<'_>,
@@ -720,11 +722,6 @@ impl Transport {
         source: HeaderValue,
     ) -> Result<Answer, TransportError> {
         let timeout = call.timeout;
-        let deadline = Instant::now() + timeout;
-        let timed_out = || TransportError::Network {
-            message: format!("{} timed out after {timeout:?}", call.endpoint),
-            timed_out: true,
-        };
         let mut request = self
             .inner
             .http
@@ -741,13 +738,45 @@ impl Transport {
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.clone());
         }
+        let sent = Sent {
+            endpoint: call.endpoint.clone(),
+            request: format!("{} {}", call.method, call.url.path()),
+            user: self.user.clone(),
+            stream: call.stream.is_some(),
+            timeout,
+        };
+        io::run(sent.answer(request).in_current_span()).await
+    }
+}
+
+/// An attempt on its way: what its answer is checked against.
+struct Sent {
+    /// `METHOD /path` for logs and errors.
+    endpoint: String,
+    /// `METHOD /path` as the server's errors name it.
+    request: String,
+    /// The user the token must be for, if known.
+    user: Option<Arc<str>>,
+    /// Hand back the open response instead of reading its body.
+    stream: bool,
+    timeout: Duration,
+}
+
+impl Sent {
+    /// Sends `request` and reads its answer, all within the attempt's timeout.
+    async fn answer(self, request: reqwest::RequestBuilder) -> Result<Answer, TransportError> {
+        let timeout = self.timeout;
+        let deadline = Instant::now() + timeout;
+        let timed_out = || TransportError::Network {
+            message: format!("{} timed out after {timeout:?}", self.endpoint),
+            timed_out: true,
+        };
         let response = tokio::time::timeout_at(deadline, request.send())
             .await
             .map_err(|_| timed_out())?
-            .map_err(|e| network(&call.endpoint, "sending", &e))?;
+            .map_err(|e| network(&self.endpoint, "sending", &e))?;
         let status = response.status();
         tracing::debug!(status = status.as_u16(), "answer");
-        let request = || format!("{} {}", call.method, call.url.path());
         if let (Some(expected), Some(token_user)) = (
             self.user.as_deref(),
             response.headers().get(oversync_protocol::USER_ID_HEADER),
@@ -755,7 +784,7 @@ impl Transport {
             let token_user = String::from_utf8_lossy(token_user.as_bytes());
             if token_user.trim() != expected {
                 return Err(TransportError::TokenUserMismatch {
-                    request: request(),
+                    request: self.request,
                     expected_user: expected.to_owned(),
                     token_user: token_user.trim().to_owned(),
                 });
@@ -765,7 +794,7 @@ impl Transport {
             let (bytes, _) = tokio::time::timeout_at(deadline, read_body(response, MAX_ERROR_BODY))
                 .await
                 .unwrap_or_default();
-            let mut error = server_error(request(), status.as_u16(), &bytes);
+            let mut error = server_error(self.request, status.as_u16(), &bytes);
             if let (
                 Some(user),
                 TransportError::Server {
@@ -779,12 +808,12 @@ impl Transport {
             }
             return Err(error);
         }
-        if call.stream.is_some() {
+        if self.stream {
             return Ok(Answer::Stream(response));
         }
         match tokio::time::timeout_at(deadline, read_body(response, usize::MAX)).await {
             Err(_) => Err(timed_out()),
-            Ok((_, Some(e))) => Err(network(&call.endpoint, "reading the answer of", &e)),
+            Ok((_, Some(e))) => Err(network(&self.endpoint, "reading the answer of", &e)),
             Ok((bytes, None)) => Ok(Answer::Body(bytes)),
         }
     }

@@ -26,6 +26,9 @@ pub type TokenFuture<'a> = Pin<Box<dyn Future<Output = Result<String, AuthError>
 /// return a fresh token (e.g. by signing in again); a second `401` fails the call with
 /// [`TransportError::Unauthorized`](super::TransportError::Unauthorized).
 ///
+/// It may run on any tokio runtime: the caller's, or the transport's own I/O thread, which
+/// asks for the next page of a download ahead of time.
+///
 /// Most apps use [`token_fn`] or [`StaticToken`]; implement the trait for a provider with
 /// its own state:
 ///
