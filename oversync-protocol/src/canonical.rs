@@ -45,21 +45,26 @@ pub fn write_canonical_json(out: &mut String, value: &Value) {
             }
             out.push(']');
         }
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(out, key);
-                out.push(':');
-                write_canonical_json(out, &map[key]);
-            }
-            out.push('}');
-        }
+        Value::Object(map) => write_canonical_object(out, map),
     }
+}
+
+/// Appends the canonical encoding of the object `map` to `out` (members in byte order of
+/// their names).
+pub fn write_canonical_object(out: &mut String, map: &serde_json::Map<String, Value>) {
+    let mut members: Vec<(&String, &Value)> = map.iter().collect();
+    // Usually sorted already (serde_json's default map is ordered), which this sort detects.
+    members.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    out.push('{');
+    for (i, (name, value)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_string(out, name);
+        out.push(':');
+        write_canonical_json(out, value);
+    }
+    out.push('}');
 }
 
 /// Writes a float64 the way Go's `encoding/json` does (ES6 number-to-string for finite values).
@@ -89,7 +94,7 @@ pub(crate) fn write_number(out: &mut String, f: f64) {
     }
 }
 
-fn write_string(out: &mut String, s: &str) {
+pub(crate) fn write_string(out: &mut String, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
     for c in s.chars() {

@@ -6,7 +6,7 @@
 //! absent). The array is encoded with [`crate::canonical`], so the hash can be computed one
 //! row at a time, as committed-bundle pages arrive, with [`BundleHasher`].
 
-use crate::canonical::{write_canonical_json, write_number};
+use crate::canonical::{write_canonical_json, write_canonical_object, write_number, write_string};
 use crate::wire::{BundleRow, Op};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -106,7 +106,7 @@ impl BundleHasher {
         s.push(if self.rows == 0 { '[' } else { ',' });
         // Keys in byte order: key, op, payload, row_ordinal, row_version, schema, table.
         s.push_str("{\"key\":");
-        write_canonical_json(s, &Value::Object(key.clone()));
+        write_canonical_object(s, key);
         s.push_str(",\"op\":\"");
         s.push_str(op.as_str());
         s.push_str("\",\"payload\":");
@@ -116,9 +116,9 @@ impl BundleHasher {
         s.push_str(",\"row_version\":");
         write_number(s, row_version as f64);
         s.push_str(",\"schema\":");
-        write_canonical_json(s, &Value::String(schema.to_owned()));
+        write_string(s, schema);
         s.push_str(",\"table\":");
-        write_canonical_json(s, &Value::String(table.to_owned()));
+        write_string(s, table);
         s.push('}');
         self.digest.update(s.as_bytes());
         self.bytes += s.len() as u64;
