@@ -8,7 +8,7 @@ use crate::bootstrap::{Registry, SCOPE_COLUMN, TableInfo, is_valid_identifier};
 use crate::capture::{CommittedBundle, finalize_bundle, op_code, op_from_code};
 use crate::error::{RejectedRow, SyncError};
 use crate::payload::{db_payload_from_wire, normalize_key, wire_payload_text};
-use crate::scope::{self, INITIALIZED, INITIALIZING, UNINITIALIZED};
+use crate::scope::{self, ACTIVATE_SOURCE, INITIALIZED, INITIALIZING, UNINITIALIZED};
 use crate::sql::{self, is_data_error, quote_ident};
 use axum::Json;
 use axum::extract::State;
@@ -22,6 +22,7 @@ use oversync_protocol::{
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use tokio_postgres::types::ToSql;
 
 /// One validated pushed row in storage form.
 struct PreparedRow {
@@ -188,6 +189,61 @@ async fn load_session(
     Ok(session)
 }
 
+/// Drops an earlier session of the same source bundle (a create retried).
+const DELETE_SOURCE_SESSION: &str = "DELETE FROM sync.push_sessions WHERE user_pk = $1 AND source_id = $2 AND source_bundle_id = $3";
+
+const INSERT_SESSION: &str =
+    "INSERT INTO sync.push_sessions (push_id, user_pk, source_id, source_bundle_id,
+         planned_row_count, initialization_id, expires_at)
+     VALUES ($1::text::uuid, $2, $3, $4, $5, $6::text::uuid, now() + make_interval(secs => $7))";
+
+/// The staged rows of a session, in order.
+const STAGED_ROWS: &str = "SELECT row_ordinal, table_id, key_text, op, base_row_version, payload
+     FROM sync.push_session_rows WHERE push_id = $1::text::uuid ORDER BY row_ordinal";
+
+/// Checks that the rows of [`STAGED_ROWS`] are the whole planned bundle, contiguous and
+/// without duplicate targets, and returns them.
+fn staged_rows(
+    stored: &[tokio_postgres::Row],
+    session: &Session,
+) -> Result<Vec<PreparedRow>, SyncError> {
+    let invalid = |m: String| SyncError::bad_request(codes::PUSH_COMMIT_INVALID, m);
+    if session.next_expected_row_ordinal != session.planned_row_count
+        || stored.len() as i64 != session.planned_row_count
+    {
+        return Err(invalid(format!(
+            "staged row count {} does not match planned_row_count {}",
+            stored.len(),
+            session.planned_row_count
+        )));
+    }
+    let mut rows = Vec::with_capacity(stored.len());
+    let mut seen = HashSet::new();
+    for (i, r) in stored.iter().enumerate() {
+        let ordinal: i64 = r.get(0);
+        if ordinal != i as i64 {
+            return Err(invalid(format!(
+                "staged rows are not contiguous at row_ordinal {i}"
+            )));
+        }
+        let row = PreparedRow {
+            table_id: r.get(1),
+            key_text: r.get(2),
+            op: op_from_code(r.get(3))?,
+            base_row_version: r.get(4),
+            payload: r.get(5),
+        };
+        if !seen.insert((row.table_id, row.key_text.clone())) {
+            return Err(invalid(format!(
+                "duplicate target row in staged push session: table {} key {}",
+                row.table_id, row.key_text
+            )));
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
 impl SyncService {
     /// `POST /sync/push-sessions`.
     pub async fn create_push_session(
@@ -209,8 +265,14 @@ impl SyncService {
             .map(str::trim)
             .filter(|s| !s.is_empty());
         let ttl = self.config.limits.initialization_lease_ttl;
+        if init_id.is_none()
+            && let Some(response) = self.create_pipelined(actor, req).await?
+        {
+            return Ok(response);
+        }
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        sql::exec(&tx, scope::LOCK_SOURCE, &[&actor.user_id, &actor.source_id]).await?;
         scope::lock_user(&tx, &actor.user_id).await?;
         sql::exec(
             &tx,
@@ -309,17 +371,17 @@ impl SyncService {
                 ),
             ));
         }
-        sql::exec(&tx,
-            "DELETE FROM sync.push_sessions WHERE user_pk = $1 AND source_id = $2 AND source_bundle_id = $3",
+        sql::exec(
+            &tx,
+            DELETE_SOURCE_SESSION,
             &[&user_pk, &actor.source_id, &req.source_bundle_id],
         )
         .await?;
         let push_id = uuid::Uuid::new_v4().to_string();
         let ttl_secs = self.config.limits.push_session_ttl.as_secs_f64();
-        sql::exec(&tx,
-            "INSERT INTO sync.push_sessions (push_id, user_pk, source_id, source_bundle_id,
-                 planned_row_count, initialization_id, expires_at)
-             VALUES ($1::text::uuid, $2, $3, $4, $5, $6::text::uuid, now() + make_interval(secs => $7))",
+        sql::exec(
+            &tx,
+            INSERT_SESSION,
             &[
                 &push_id,
                 &user_pk,
@@ -448,22 +510,25 @@ impl SyncService {
         let ops: Vec<i16> = rows.iter().map(|r| op_code(r.op)).collect();
         let bases: Vec<i64> = rows.iter().map(|r| r.base_row_version).collect();
         let payloads: Vec<Option<&str>> = rows.iter().map(|r| r.payload.as_deref()).collect();
-        sql::exec(&tx,
-            "INSERT INTO sync.push_session_rows (user_pk, push_id, row_ordinal, table_id, key_text, op, base_row_version, payload)
-             SELECT ps.user_pk, ps.push_id, r.o, r.t, r.k, r.op, r.b, r.p
-             FROM sync.push_sessions ps, unnest($2::int8[], $3::int4[], $4::text[], $5::int2[], $6::int8[], $7::text[])
-                  AS r(o, t, k, op, b, p)
-             WHERE ps.push_id = $1::text::uuid",
-            &[&push_id, &ordinals, &table_ids, &keys, &ops, &bases, &payloads],
-        )
-        .await?;
         let ttl_secs = self.config.limits.push_session_ttl.as_secs_f64();
-        sql::exec(
+        sql::pipeline(
             &tx,
-            "UPDATE sync.push_sessions SET next_expected_row_ordinal = $2,
-                 expires_at = now() + make_interval(secs => $3)
-             WHERE push_id = $1::text::uuid",
-            &[&push_id, &next, &ttl_secs],
+            &[
+                (
+                    "INSERT INTO sync.push_session_rows (user_pk, push_id, row_ordinal, table_id, key_text, op, base_row_version, payload)
+                     SELECT ps.user_pk, ps.push_id, r.o, r.t, r.k, r.op, r.b, r.p
+                     FROM sync.push_sessions ps, unnest($2::int8[], $3::int4[], $4::text[], $5::int2[], $6::int8[], $7::text[])
+                          AS r(o, t, k, op, b, p)
+                     WHERE ps.push_id = $1::text::uuid",
+                    &[&push_id, &ordinals, &table_ids, &keys, &ops, &bases, &payloads],
+                ),
+                (
+                    "UPDATE sync.push_sessions SET next_expected_row_ordinal = $2,
+                         expires_at = now() + make_interval(secs => $3)
+                     WHERE push_id = $1::text::uuid",
+                    &[&push_id, &next, &ttl_secs],
+                ),
+            ],
         )
         .await?;
         tx.commit().await?;
@@ -549,53 +614,26 @@ impl SyncService {
         push_id: &str,
     ) -> Result<PushSessionCommitResponse, SyncError> {
         let _op = self.begin_op();
+        if let Some((bundle, pruned)) = self.commit_pipelined(actor, push_id).await? {
+            self.record_commit(&bundle, pruned);
+            return Ok(PushSessionCommitResponse {
+                bundle_seq: bundle.bundle_seq,
+                source_id: bundle.source_id,
+                source_bundle_id: bundle.source_bundle_id,
+                row_count: bundle.row_count,
+                bundle_hash: bundle.bundle_hash,
+            });
+        }
         let registry = self.registry();
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        sql::exec(&tx, scope::LOCK_SOURCE, &[&actor.user_id, &actor.source_id]).await?;
         scope::lock_user(&tx, &actor.user_id).await?;
         let session = load_session(&tx, actor, push_id, true).await?;
         let invalid = |m: String| SyncError::bad_request(codes::PUSH_COMMIT_INVALID, m);
 
-        let stored = sql::query(
-            &tx,
-            "SELECT row_ordinal, table_id, key_text, op, base_row_version, payload
-                 FROM sync.push_session_rows WHERE push_id = $1::text::uuid ORDER BY row_ordinal",
-            &[&push_id],
-        )
-        .await?;
-        if session.next_expected_row_ordinal != session.planned_row_count
-            || stored.len() as i64 != session.planned_row_count
-        {
-            return Err(invalid(format!(
-                "staged row count {} does not match planned_row_count {}",
-                stored.len(),
-                session.planned_row_count
-            )));
-        }
-        let mut rows = Vec::with_capacity(stored.len());
-        let mut seen = HashSet::new();
-        for (i, r) in stored.iter().enumerate() {
-            let ordinal: i64 = r.get(0);
-            if ordinal != i as i64 {
-                return Err(invalid(format!(
-                    "staged rows are not contiguous at row_ordinal {i}"
-                )));
-            }
-            let row = PreparedRow {
-                table_id: r.get(1),
-                key_text: r.get(2),
-                op: op_from_code(r.get(3))?,
-                base_row_version: r.get(4),
-                payload: r.get(5),
-            };
-            if !seen.insert((row.table_id, row.key_text.clone())) {
-                return Err(invalid(format!(
-                    "duplicate target row in staged push session: table {} key {}",
-                    row.table_id, row.key_text
-                )));
-            }
-            rows.push(row);
-        }
+        let stored = sql::query(&tx, STAGED_ROWS, &[&push_id]).await?;
+        let rows = staged_rows(&stored, &session)?;
 
         if let Some(init_id) = &session.initialization_id {
             scope::require_active_lease(
@@ -691,6 +729,345 @@ impl SyncService {
             row_count: bundle.row_count,
             bundle_hash: bundle.bundle_hash,
         })
+    }
+
+    /// The common create, on an initialized scope without a lease, holding only the
+    /// source's lock (creates of the user's other sources and commits run meanwhile), in two
+    /// pipelines. `None` when anything else applies (an answer other than a new session or
+    /// `already_committed`): everything is rolled back and [`Self::create_push_session`]
+    /// decides under the user's lock, as before.
+    async fn create_pipelined(
+        &self,
+        actor: &Actor,
+        req: &PushSessionCreateRequest,
+    ) -> Result<Option<PushSessionCreateResponse>, SyncError> {
+        let tx = sql::OpenTx::new(self.client().await?);
+        match self.create_pipelined_in(tx.client(), actor, req).await {
+            Ok(Some(response)) => {
+                tx.committed();
+                Ok(Some(response))
+            }
+            Ok(None) => {
+                tx.rollback().await?;
+                Ok(None)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_pipelined_in(
+        &self,
+        tx: &deadpool_postgres::Object,
+        actor: &Actor,
+        req: &PushSessionCreateRequest,
+    ) -> Result<Option<PushSessionCreateResponse>, SyncError> {
+        let refused = |e: tokio_postgres::Error| match e.as_db_error() {
+            Some(_) => Ok(None),
+            None => Err(SyncError::from(e)),
+        };
+        let read = sql::pipeline(
+            tx,
+            &[
+                ("BEGIN", &[]),
+                (scope::LOCK_SOURCE, &[&actor.user_id, &actor.source_id]),
+                (
+                    "DELETE FROM sync.push_sessions WHERE expires_at <= now()",
+                    &[],
+                ),
+                (
+                    "SELECT user_pk, scope_state FROM sync.user_state WHERE user_id = $1",
+                    &[&actor.user_id],
+                ),
+                (
+                    "SELECT bl.bundle_seq, bl.row_count, bl.bundle_hash
+                     FROM sync.bundle_log bl JOIN sync.user_state us ON us.user_pk = bl.user_pk
+                     WHERE us.user_id = $1 AND bl.source_id = $2 AND bl.source_bundle_id = $3
+                       AND bl.bundle_seq > us.retained_bundle_floor",
+                    &[&actor.user_id, &actor.source_id, &req.source_bundle_id],
+                ),
+                (
+                    "SELECT ss.state, ss.max_committed_source_bundle_id, ss.replaced_by_source_id
+                     FROM sync.source_state ss JOIN sync.user_state us ON us.user_pk = ss.user_pk
+                     WHERE us.user_id = $1 AND ss.source_id = $2 FOR UPDATE OF ss",
+                    &[&actor.user_id, &actor.source_id],
+                ),
+            ],
+        )
+        .await;
+        let read = match read {
+            Ok(read) => read,
+            Err(e) => return refused(e),
+        };
+        let Some(user) = read[3].first() else {
+            return Ok(None);
+        };
+        let (user_pk, state): (i64, i16) = (user.get(0), user.get(1));
+        if state != INITIALIZED {
+            return Ok(None);
+        }
+        if let Some(row) = read[4].first() {
+            let replayed = sql::pipeline(
+                tx,
+                &[
+                    ("SELECT nextval('sync.accepted_push_replay_seq')", &[]),
+                    ("COMMIT", &[]),
+                ],
+            )
+            .await;
+            if let Err(e) = replayed {
+                return refused(e);
+            }
+            return Ok(Some(PushSessionCreateResponse::AlreadyCommitted {
+                bundle_seq: row.get(0),
+                source_id: actor.source_id.clone(),
+                source_bundle_id: req.source_bundle_id,
+                row_count: row.get(1),
+                bundle_hash: row.get(2),
+            }));
+        }
+        match scope::expected_from(&actor.source_id, read[5].first()) {
+            Ok((expected, _)) if expected == req.source_bundle_id => {}
+            _ => return Ok(None),
+        }
+        let push_id = uuid::Uuid::new_v4().to_string();
+        let ttl_secs = self.config.limits.push_session_ttl.as_secs_f64();
+        let no_lease: Option<String> = None;
+        let written = sql::pipeline(
+            tx,
+            &[
+                (
+                    DELETE_SOURCE_SESSION,
+                    &[&user_pk, &actor.source_id, &req.source_bundle_id],
+                ),
+                (
+                    INSERT_SESSION,
+                    &[
+                        &push_id,
+                        &user_pk,
+                        &actor.source_id,
+                        &req.source_bundle_id,
+                        &req.planned_row_count,
+                        &no_lease,
+                        &ttl_secs,
+                    ],
+                ),
+                ("COMMIT", &[]),
+            ],
+        )
+        .await;
+        if let Err(e) = written {
+            return refused(e);
+        }
+        Ok(Some(PushSessionCreateResponse::Staging {
+            push_id,
+            planned_row_count: req.planned_row_count,
+            next_expected_row_ordinal: 0,
+        }))
+    }
+
+    /// The common commit (no lease, every check passes) in two round trips under the
+    /// user's lock: the session and its rows are read and validated before it, and the
+    /// statements after it are pipelined, `COMMIT` included. `None` when any check fails or
+    /// the database refuses a statement: everything is rolled back and
+    /// [`Self::commit_push_session_inner`] runs the checked path, which gives the answer (a
+    /// conflict, an invalid row, ...).
+    async fn commit_pipelined(
+        &self,
+        actor: &Actor,
+        push_id: &str,
+    ) -> Result<Option<(CommittedBundle, i64)>, SyncError> {
+        if uuid::Uuid::parse_str(push_id).is_err() {
+            return Ok(None);
+        }
+        let tx = sql::OpenTx::new(self.client().await?);
+        let outcome = self.commit_pipelined_in(tx.client(), actor, push_id).await;
+        match outcome {
+            Ok(Some(committed)) => {
+                tx.committed();
+                Ok(Some(committed))
+            }
+            Ok(None) => {
+                tx.rollback().await?;
+                Ok(None)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn commit_pipelined_in(
+        &self,
+        tx: &deadpool_postgres::Object,
+        actor: &Actor,
+        push_id: &str,
+    ) -> Result<Option<(CommittedBundle, i64)>, SyncError> {
+        // A statement the database refuses sends the commit down the checked path; losing
+        // the connection is an error either way.
+        let refused = |e: tokio_postgres::Error| match e.as_db_error() {
+            Some(_) => Ok(None),
+            None => Err(SyncError::from(e)),
+        };
+        let registry = self.registry();
+        // Read without locks: a chunk that lands meanwhile moves the session's next ordinal,
+        // which is read again under the lock below.
+        let read = sql::pipeline(
+            tx,
+            &[
+                ("BEGIN", &[]),
+                (
+                    "SELECT ps.user_pk, us.user_id, ps.source_id, ps.source_bundle_id,
+                            ps.planned_row_count, ps.next_expected_row_ordinal,
+                            ps.initialization_id IS NOT NULL, ps.expires_at <= now()
+                     FROM sync.push_sessions ps JOIN sync.user_state us ON us.user_pk = ps.user_pk
+                     WHERE ps.push_id = $1::text::uuid",
+                    &[&push_id],
+                ),
+                (STAGED_ROWS, &[&push_id]),
+            ],
+        )
+        .await;
+        let read = match read {
+            Ok(read) => read,
+            Err(e) => return refused(e),
+        };
+        let Some(row) = read[1].first() else {
+            return Ok(None);
+        };
+        let session = Session {
+            user_pk: row.get(0),
+            user_id: row.get(1),
+            source_id: row.get(2),
+            source_bundle_id: row.get(3),
+            planned_row_count: row.get(4),
+            next_expected_row_ordinal: row.get(5),
+            initialization_id: None,
+        };
+        let (seed, expired): (bool, bool) = (row.get(6), row.get(7));
+        if seed || expired || session.user_id != actor.user_id {
+            return Ok(None);
+        }
+        let Ok(rows) = staged_rows(&read[2], &session) else {
+            return Ok(None);
+        };
+        let mut applies = Vec::new();
+        for run in batches(&rows) {
+            let batch = &rows[run];
+            let Some(info) = registry.by_id(batch[0].table_id) else {
+                return Ok(None);
+            };
+            applies.push(apply_statement(info, batch));
+        }
+        let table_ids: Vec<i32> = rows.iter().map(|r| r.table_id).collect();
+        let keys: Vec<&str> = rows.iter().map(|r| r.key_text.as_str()).collect();
+        let user_pk = session.user_pk;
+        let user_pk_text = user_pk.to_string();
+        let user_id = actor.user_id.as_str();
+        let policy = crate::retention::Policy::of(self);
+
+        let mut locked: Vec<(&str, Vec<&(dyn ToSql + Sync)>)> = vec![
+            (scope::LOCK_SOURCE, vec![&actor.user_id, &session.source_id]),
+            (scope::LOCK_USER, vec![&actor.user_id]),
+            (
+                "SELECT next_expected_row_ordinal, expires_at <= now()
+                 FROM sync.push_sessions WHERE push_id = $1::text::uuid FOR UPDATE",
+                vec![&push_id],
+            ),
+            (
+                "SELECT state, max_committed_source_bundle_id, replaced_by_source_id
+                 FROM sync.source_state WHERE user_pk = $1 AND source_id = $2 FOR UPDATE",
+                vec![&session.user_pk, &session.source_id],
+            ),
+            (ROW_STATES, vec![&session.user_pk, &table_ids, &keys]),
+            (
+                "SELECT set_config('oversync.bundle_user_id', $1, true),
+                        set_config('oversync.bundle_user_pk', $2, true)",
+                vec![&actor.user_id, &user_pk_text],
+            ),
+            ("SET CONSTRAINTS ALL DEFERRED", vec![]),
+        ];
+        for (text, arg) in &applies {
+            locked.push((text, vec![arg.param(), &user_id]));
+        }
+        locked.push((crate::capture::TAKE_CAPTURED, vec![&session.user_pk]));
+        locked.push((crate::capture::NEXT_BUNDLE_SEQ, vec![&session.user_pk]));
+        // Read after the new bundle_seq, as the checked path reads it after the bundle.
+        locked.push((
+            crate::retention::POLICY_STATE,
+            vec![&session.user_pk, &policy.max_age_seconds],
+        ));
+        let done = match sql::pipeline(tx, &sql::params_list(&locked)).await {
+            Ok(done) => done,
+            Err(e) => return refused(e),
+        };
+        let unchanged = done[2].first().is_some_and(|r| {
+            r.get::<_, i64>(0) == session.next_expected_row_ordinal && !r.get::<_, bool>(1)
+        });
+        let in_order = matches!(
+            scope::expected_from(&session.source_id, done[3].first()),
+            Ok((expected, _)) if expected == session.source_bundle_id
+        );
+        if !unchanged || !in_order || first_conflict(&rows, &done[4]).is_some() {
+            return Ok(None);
+        }
+        let [.., captured, seq, policy_state] = &done[..] else {
+            return Ok(None);
+        };
+        let effects = crate::capture::Effects::coalesce(captured);
+        let (Some(seq), Some(policy_state)) = (seq.first(), policy_state.first()) else {
+            return Ok(None);
+        };
+        if effects.is_empty() {
+            return Ok(None);
+        }
+        let write = crate::capture::BundleWrite::new(
+            &registry,
+            effects,
+            user_pk,
+            seq.get(0),
+            &session.source_id,
+            session.source_bundle_id,
+            self.notify_channel(),
+        )?;
+        let prune_to = if policy.prunes_anything() {
+            crate::retention::prune_target(policy, policy_state)
+        } else {
+            None
+        };
+
+        let mut statements = write.statements();
+        statements.push((
+            ACTIVATE_SOURCE,
+            vec![
+                &session.user_pk,
+                &session.source_id,
+                &session.source_bundle_id,
+            ],
+        ));
+        statements.push((
+            "DELETE FROM sync.push_sessions WHERE push_id = $1::text::uuid",
+            vec![&push_id],
+        ));
+        if let Some(target) = &prune_to {
+            for text in crate::retention::PRUNE {
+                statements.push((text, vec![&session.user_pk, target]));
+            }
+        }
+        statements.push(("COMMIT", vec![]));
+        let written = match sql::pipeline(tx, &sql::params_list(&statements)).await {
+            Ok(written) => written,
+            // A deferred foreign key refused the rows at COMMIT: the checked path names them.
+            Err(e) => return refused(e),
+        };
+        let pruned = match prune_to {
+            Some(_) => written[written.len() - 2].len() as i64,
+            None => 0,
+        };
+        Ok(Some((write.committed(), pruned)))
     }
 
     /// `DELETE /sync/push-sessions/{push_id}`.
@@ -831,15 +1208,53 @@ async fn check_conflicts(
 ) -> Result<(), SyncError> {
     let table_ids: Vec<i32> = rows.iter().map(|r| r.table_id).collect();
     let keys: Vec<&str> = rows.iter().map(|r| r.key_text.as_str()).collect();
-    let states = sql::query(
-        tx,
-        "SELECT rs.table_id, rs.key_text, rs.bundle_seq, rs.deleted
-             FROM unnest($2::int4[], $3::text[]) AS req(table_id, key_text)
-             JOIN sync.row_state rs ON rs.user_pk = $1 AND rs.table_id = req.table_id
-                  AND rs.key_text = req.key_text",
-        &[&user_pk, &table_ids, &keys],
-    )
-    .await?;
+    let states = sql::query(tx, ROW_STATES, &[&user_pk, &table_ids, &keys]).await?;
+    let Some((row, state, message)) = first_conflict(rows, &states) else {
+        return Ok(());
+    };
+    let info = registry
+        .by_id(row.table_id)
+        .ok_or_else(|| SyncError::Internal(format!("unknown table_id {}", row.table_id)))?;
+    let (server_row_version, server_row_deleted) = state.unwrap_or((0, false));
+    let server_row = if state.is_some() && !server_row_deleted {
+        current_row(tx, info, user_id, &row.key_text).await?
+    } else {
+        None
+    };
+    Err(SyncError::PushConflict {
+        message: format!(
+            "{message} on {}.{} {}",
+            info.schema, info.table, row.key_text
+        ),
+        conflict: Box::new(PushConflictDetails {
+            schema: info.schema.clone(),
+            table: info.table.clone(),
+            key: sync_key(&info.key_column, &row.key_text),
+            op: row.op,
+            base_row_version: row.base_row_version,
+            server_row_version,
+            server_row_deleted,
+            server_row,
+        }),
+    })
+}
+
+/// The row states a conflict check compares against: `$1` user_pk, `$2` table ids,
+/// `$3` keys.
+const ROW_STATES: &str = "SELECT rs.table_id, rs.key_text, rs.bundle_seq, rs.deleted
+     FROM unnest($2::int4[], $3::text[]) AS req(table_id, key_text)
+     JOIN sync.row_state rs ON rs.user_pk = $1 AND rs.table_id = req.table_id
+          AND rs.key_text = req.key_text";
+
+/// A row's `(bundle_seq, deleted)` in `sync.row_state`, `None` when it has none.
+type RowState = Option<(i64, bool)>;
+
+/// The first row whose base version does not match its state in [`ROW_STATES`], with that
+/// state (version, deleted) and why.
+fn first_conflict<'a>(
+    rows: &'a [PreparedRow],
+    states: &[tokio_postgres::Row],
+) -> Option<(&'a PreparedRow, RowState, String)> {
     let known: HashMap<(i32, String), (i64, bool)> = states
         .iter()
         .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
@@ -871,34 +1286,11 @@ async fn check_conflicts(
             )),
             _ => None,
         };
-        let Some(message) = message else { continue };
-        let info = registry
-            .by_id(row.table_id)
-            .ok_or_else(|| SyncError::Internal(format!("unknown table_id {}", row.table_id)))?;
-        let (server_row_version, server_row_deleted) = state.unwrap_or((0, false));
-        let server_row = if state.is_some() && !server_row_deleted {
-            current_row(tx, info, user_id, &row.key_text).await?
-        } else {
-            None
-        };
-        return Err(SyncError::PushConflict {
-            message: format!(
-                "{message} on {}.{} {}",
-                info.schema, info.table, row.key_text
-            ),
-            conflict: Box::new(PushConflictDetails {
-                schema: info.schema.clone(),
-                table: info.table.clone(),
-                key: sync_key(&info.key_column, &row.key_text),
-                op: row.op,
-                base_row_version: row.base_row_version,
-                server_row_version,
-                server_row_deleted,
-                server_row,
-            }),
-        });
+        if let Some(message) = message {
+            return Some((row, state, message));
+        }
     }
-    Ok(())
+    None
 }
 
 /// The user's current row as a wire payload.
@@ -928,12 +1320,16 @@ pub(crate) async fn current_row(
 /// Largest number of rows applied by one statement.
 const APPLY_BATCH: usize = 1000;
 
-/// Column names of a stored payload, in canonical (sorted) order.
+/// Column names of a stored payload, in sorted order. The values are skipped, not built:
+/// a bulk commit reads the names of every row.
 fn payload_columns(row: &PreparedRow) -> Vec<String> {
     row.payload
         .as_deref()
-        .and_then(|p| serde_json::from_str::<serde_json::Map<String, Value>>(p).ok())
-        .map(|m| m.keys().cloned().collect())
+        .and_then(|p| {
+            serde_json::from_str::<std::collections::BTreeMap<String, serde::de::IgnoredAny>>(p)
+                .ok()
+        })
+        .map(|m| m.into_keys().collect())
         .unwrap_or_default()
 }
 
@@ -962,14 +1358,25 @@ fn batches(rows: &[PreparedRow]) -> Vec<std::ops::Range<usize>> {
     out
 }
 
-/// Applies a run of rows of one table, op and column set with one statement. Column
-/// names come from stored payloads, which only ever hold registry columns.
-async fn apply_batch(
-    tx: &impl GenericClient,
-    info: &TableInfo,
-    user_id: &str,
-    rows: &[PreparedRow],
-) -> Result<(), tokio_postgres::Error> {
+/// The one argument of an apply statement besides the user.
+enum ApplyArg<'a> {
+    Keys(Vec<&'a str>),
+    Payloads(String),
+}
+
+impl ApplyArg<'_> {
+    fn param(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            ApplyArg::Keys(keys) => keys,
+            ApplyArg::Payloads(array) => array,
+        }
+    }
+}
+
+/// The statement applying a run of rows of one table, op and column set, with its
+/// argument (`$1`; `$2` is the user). Column names come from stored payloads, which only
+/// ever hold registry columns.
+fn apply_statement<'a>(info: &TableInfo, rows: &'a [PreparedRow]) -> (String, ApplyArg<'a>) {
     let table = info.ident();
     let key_col = quote_ident(&info.key_column);
     let scope_col = quote_ident(SCOPE_COLUMN);
@@ -986,39 +1393,50 @@ async fn apply_batch(
             array.push_str(r.payload.as_deref().unwrap_or("{}"));
         }
         array.push(']');
-        array
+        ApplyArg::Payloads(array)
     };
     match rows[0].op {
-        Op::Delete => {
-            let text = format!(
+        Op::Delete => (
+            format!(
                 "DELETE FROM {table} WHERE {key_col} = ANY($1{}[]) AND {scope_col} = $2",
                 info.key_array_cast()
-            );
-            let keys: Vec<&str> = rows.iter().map(|r| r.key_text.as_str()).collect();
-            let stmt = tx.prepare_cached(&text).await?;
-            tx.execute(&stmt, &[&keys, &user_id]).await?;
-        }
+            ),
+            ApplyArg::Keys(rows.iter().map(|r| r.key_text.as_str()).collect()),
+        ),
         Op::Insert => {
             let list = columns.join(", ");
-            let text = format!(
-                "INSERT INTO {table} ({scope_col}, {list})
-                 SELECT $2, {list} FROM jsonb_populate_recordset(NULL::{table}, $1::text::jsonb)"
-            );
-            let stmt = tx.prepare_cached(&text).await?;
-            tx.execute(&stmt, &[&payloads(), &user_id]).await?;
+            (
+                format!(
+                    "INSERT INTO {table} ({scope_col}, {list})
+                     SELECT $2, {list} FROM jsonb_populate_recordset(NULL::{table}, $1::text::jsonb)"
+                ),
+                payloads(),
+            )
         }
         Op::Update => {
             let sets: Vec<String> = columns.iter().map(|c| format!("{c} = src.{c}")).collect();
-            let text = format!(
-                "UPDATE {table} AS dst SET {}
-                 FROM jsonb_populate_recordset(NULL::{table}, $1::text::jsonb) AS src
-                 WHERE dst.{key_col} = src.{key_col} AND dst.{scope_col} = $2",
-                sets.join(", ")
-            );
-            let stmt = tx.prepare_cached(&text).await?;
-            tx.execute(&stmt, &[&payloads(), &user_id]).await?;
+            (
+                format!(
+                    "UPDATE {table} AS dst SET {}
+                     FROM jsonb_populate_recordset(NULL::{table}, $1::text::jsonb) AS src
+                     WHERE dst.{key_col} = src.{key_col} AND dst.{scope_col} = $2",
+                    sets.join(", ")
+                ),
+                payloads(),
+            )
         }
     }
+}
+
+/// Applies a run of rows of one table, op and column set with one statement.
+async fn apply_batch(
+    tx: &impl GenericClient,
+    info: &TableInfo,
+    user_id: &str,
+    rows: &[PreparedRow],
+) -> Result<(), tokio_postgres::Error> {
+    let (text, arg) = apply_statement(info, rows);
+    sql::exec(tx, &text, &[arg.param(), &user_id]).await?;
     Ok(())
 }
 

@@ -40,10 +40,22 @@ impl Policy {
         }
     }
 
-    fn prunes_anything(&self) -> bool {
+    pub(crate) fn prunes_anything(&self) -> bool {
         self.keep_last > 0 || self.max_age_seconds.is_some()
     }
 }
+
+/// What [`apply_policy`] decides on, for `$1` = user_pk and `$2` = the age rule in seconds.
+/// A commit pipelines it with its other statements ([`apply_policy_from`]).
+pub(crate) const POLICY_STATE: &str = "SELECT next_bundle_seq - 1, retained_bundle_floor,
+            (scope_state = 1 AND lease_expires_at > now()),
+            (SELECT MIN(snapshot_bundle_seq) FROM sync.snapshot_sessions
+              WHERE user_pk = $1 AND expires_at > now()),
+            CASE WHEN $2::float8 IS NULL THEN NULL ELSE
+              (SELECT MAX(bundle_seq) FROM sync.bundle_log
+                WHERE user_pk = $1
+                  AND committed_at < now() - make_interval(secs => $2::float8)) END
+       FROM sync.user_state WHERE user_pk = $1";
 
 /// Advances the user's floor by at most one batch and deletes the bundles at or below it
 /// (their rows go with them). The caller holds the user's lock. Returns the bundles
@@ -56,26 +68,44 @@ pub(crate) async fn apply_policy(
     if !policy.prunes_anything() {
         return Ok(0);
     }
-    let row = crate::sql::query_one(
-        tx,
-        "SELECT next_bundle_seq - 1, retained_bundle_floor,
-                    (scope_state = 1 AND lease_expires_at > now()),
-                    (SELECT MIN(snapshot_bundle_seq) FROM sync.snapshot_sessions
-                      WHERE user_pk = $1 AND expires_at > now()),
-                    CASE WHEN $2::float8 IS NULL THEN NULL ELSE
-                      (SELECT MAX(bundle_seq) FROM sync.bundle_log
-                        WHERE user_pk = $1
-                          AND committed_at < now() - make_interval(secs => $2::float8)) END
-               FROM sync.user_state WHERE user_pk = $1",
-        &[&user_pk, &policy.max_age_seconds],
-    )
-    .await?;
+    let row = crate::sql::query_one(tx, POLICY_STATE, &[&user_pk, &policy.max_age_seconds]).await?;
+    apply_policy_from(tx, user_pk, policy, &row).await
+}
+
+/// [`apply_policy`] given the row of [`POLICY_STATE`] read in this transaction.
+pub(crate) async fn apply_policy_from(
+    tx: &impl GenericClient,
+    user_pk: i64,
+    policy: Policy,
+    row: &tokio_postgres::Row,
+) -> Result<i64, SyncError> {
+    let Some(target) = prune_target(policy, row) else {
+        return Ok(0);
+    };
+    let [floor, rows, log] = PRUNE;
+    crate::sql::exec(tx, floor, &[&user_pk, &target]).await?;
+    crate::sql::exec(tx, rows, &[&user_pk, &target]).await?;
+    let deleted = crate::sql::query(tx, log, &[&user_pk, &target]).await?;
+    Ok(deleted.len() as i64)
+}
+
+/// The statements pruning user `$1` up to bundle `$2` ([`prune_target`]), in order: the
+/// floor, the bundles' rows (no foreign key cascades them, see bootstrap.rs), the bundles
+/// (one row returned per bundle deleted).
+pub(crate) const PRUNE: [&str; 3] = [
+    "UPDATE sync.user_state SET retained_bundle_floor = $2 WHERE user_pk = $1",
+    "DELETE FROM sync.bundle_rows WHERE user_pk = $1 AND bundle_seq <= $2",
+    "DELETE FROM sync.bundle_log WHERE user_pk = $1 AND bundle_seq <= $2 RETURNING bundle_seq",
+];
+
+/// The new floor the rules give for the row of [`POLICY_STATE`], if it moves.
+pub(crate) fn prune_target(policy: Policy, row: &tokio_postgres::Row) -> Option<i64> {
     let (latest, floor): (i64, i64) = (row.get(0), row.get(1));
     let leased: Option<bool> = row.get(2);
     let snapshot_seq: Option<i64> = row.get(3);
     let old_enough: Option<i64> = row.get(4);
     if leased == Some(true) {
-        return Ok(0);
+        return None;
     }
     // Both rules must allow a bundle to go: the smaller target wins.
     let by_count = (policy.keep_last > 0).then(|| latest - policy.keep_last);
@@ -83,7 +113,7 @@ pub(crate) async fn apply_policy(
     let mut target = match (by_count, by_age) {
         (Some(c), Some(a)) => c.min(a),
         (Some(t), None) | (None, Some(t)) => t,
-        (None, None) => return Ok(0),
+        (None, None) => return None,
     };
     // A snapshot at S is followed by a pull after S, which needs floor < S.
     if let Some(s) = snapshot_seq {
@@ -93,29 +123,7 @@ pub(crate) async fn apply_policy(
     if policy.batch > 0 {
         target = target.min(floor + policy.batch);
     }
-    if target <= floor {
-        return Ok(0);
-    }
-    crate::sql::exec(
-        tx,
-        "UPDATE sync.user_state SET retained_bundle_floor = $2 WHERE user_pk = $1",
-        &[&user_pk, &target],
-    )
-    .await?;
-    // Bundle rows have no foreign key to cascade from their bundle (see bootstrap.rs).
-    crate::sql::exec(
-        tx,
-        "DELETE FROM sync.bundle_rows WHERE user_pk = $1 AND bundle_seq <= $2",
-        &[&user_pk, &target],
-    )
-    .await?;
-    let deleted = crate::sql::exec(
-        tx,
-        "DELETE FROM sync.bundle_log WHERE user_pk = $1 AND bundle_seq <= $2",
-        &[&user_pk, &target],
-    )
-    .await?;
-    Ok(deleted as i64)
+    (target > floor).then_some(target)
 }
 
 /// Users visited per page of a sweep.

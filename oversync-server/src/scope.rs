@@ -18,14 +18,18 @@ pub(crate) fn rfc3339(column: &str) -> String {
 
 /// Serializes all writes of one user (push, connect, server writes) for the transaction.
 pub(crate) async fn lock_user(tx: &impl GenericClient, user_id: &str) -> Result<(), SyncError> {
-    sql::exec(
-        tx,
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-        &[&user_id],
-    )
-    .await?;
+    sql::exec(tx, LOCK_USER, &[&user_id]).await?;
     Ok(())
 }
+
+/// [`lock_user`]'s statement, for pipelines.
+pub(crate) const LOCK_USER: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+
+/// Serializes the push sessions of one source of a user: a create against the commit of
+/// the same source (a create retried while its commit runs answers `already_committed`),
+/// without waiting for the user's other sources. Taken before the user's lock wherever
+/// both are held, so the two cannot deadlock (two-key space, apart from [`lock_user`]'s).
+pub(crate) const LOCK_SOURCE: &str = "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))";
 
 /// Returns the user's `user_pk`, creating the user row on first use.
 pub(crate) async fn ensure_user(tx: &impl GenericClient, user_id: &str) -> Result<i64, SyncError> {
@@ -241,6 +245,15 @@ pub(crate) async fn expected_source_bundle_id(
         &[&user_pk, &source_id],
     )
     .await?;
+    expected_from(source_id, row.as_ref())
+}
+
+/// [`expected_source_bundle_id`] given the source's `(state, max_committed_source_bundle_id,
+/// replaced_by_source_id)` row, read `FOR UPDATE` in this transaction.
+pub(crate) fn expected_from(
+    source_id: &str,
+    row: Option<&tokio_postgres::Row>,
+) -> Result<(i64, i64), SyncError> {
     let Some(row) = row else {
         return Ok((1, 0));
     };
@@ -255,6 +268,14 @@ pub(crate) async fn expected_source_bundle_id(
     Ok((max + 1, max))
 }
 
+/// Records `$3` as the highest committed bundle of source `$2` of user `$1`.
+pub(crate) const ACTIVATE_SOURCE: &str =
+    "INSERT INTO sync.source_state (user_pk, source_id, state, max_committed_source_bundle_id)
+     VALUES ($1, $2, 'active', $3)
+     ON CONFLICT (user_pk, source_id) DO UPDATE
+     SET state = 'active', max_committed_source_bundle_id = EXCLUDED.max_committed_source_bundle_id,
+         replaced_by_source_id = NULL, retirement_reason = NULL";
+
 /// Records `source_bundle_id` as the source's highest committed bundle.
 pub(crate) async fn activate_source(
     tx: &impl GenericClient,
@@ -262,12 +283,9 @@ pub(crate) async fn activate_source(
     source_id: &str,
     source_bundle_id: i64,
 ) -> Result<(), SyncError> {
-    sql::exec(tx,
-        "INSERT INTO sync.source_state (user_pk, source_id, state, max_committed_source_bundle_id)
-         VALUES ($1, $2, 'active', $3)
-         ON CONFLICT (user_pk, source_id) DO UPDATE
-         SET state = 'active', max_committed_source_bundle_id = EXCLUDED.max_committed_source_bundle_id,
-             replaced_by_source_id = NULL, retirement_reason = NULL",
+    sql::exec(
+        tx,
+        ACTIVATE_SOURCE,
         &[&user_pk, &source_id, &source_bundle_id],
     )
     .await?;

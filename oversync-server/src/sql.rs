@@ -50,6 +50,90 @@ pub(crate) async fn query_opt(
     tx.query_opt(&stmt, params).await
 }
 
+/// Most statements [`pipeline`] sends at once: `join_all` polls (and so sends) its futures
+/// in order only up to 30 of them.
+const PIPELINE_DEPTH: usize = 16;
+
+/// Runs `statements` in order, each prepared once per connection, sending them back to back
+/// so that they cost one round trip together instead of one each. Returns the rows of each;
+/// the first failure (in statement order) is returned, the later ones only echo it (the
+/// transaction is aborted).
+pub(crate) async fn pipeline(
+    tx: &impl GenericClient,
+    statements: &[(&str, Params<'_>)],
+) -> Result<Vec<Vec<Row>>, tokio_postgres::Error> {
+    let mut out = Vec::with_capacity(statements.len());
+    for batch in statements.chunks(PIPELINE_DEPTH) {
+        let prepared =
+            futures_util::future::join_all(batch.iter().map(|(text, _)| tx.prepare_cached(text)))
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?;
+        let results = futures_util::future::join_all(
+            prepared
+                .iter()
+                .zip(batch)
+                .map(|(stmt, (_, params))| tx.query(stmt, params)),
+        )
+        .await;
+        for result in results {
+            out.push(result?);
+        }
+    }
+    Ok(out)
+}
+
+/// A transaction begun and ended by statements inside [`pipeline`]s (`BEGIN`, `COMMIT`), so
+/// that neither costs a round trip of its own. Dropped while still open (an early return,
+/// a cancelled request), it closes its connection rather than return it to the pool inside
+/// the transaction.
+pub(crate) struct OpenTx(Option<deadpool_postgres::Object>);
+
+impl OpenTx {
+    /// `client` must not be in a transaction; the caller's first pipeline begins one.
+    pub(crate) fn new(client: deadpool_postgres::Object) -> OpenTx {
+        OpenTx(Some(client))
+    }
+
+    pub(crate) fn client(&self) -> &deadpool_postgres::Object {
+        match &self.0 {
+            Some(client) => client,
+            // Only the consuming `committed` and `rollback` take it.
+            None => unreachable!("transaction used after its end"),
+        }
+    }
+
+    /// The caller's last pipeline ended with a `COMMIT` that succeeded.
+    pub(crate) fn committed(mut self) {
+        self.0.take();
+    }
+
+    pub(crate) async fn rollback(mut self) -> Result<(), tokio_postgres::Error> {
+        if let Some(client) = self.0.take()
+            && let Err(e) = client.batch_execute("ROLLBACK").await
+        {
+            drop(deadpool_postgres::Object::take(client));
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OpenTx {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+/// Owned statement lists as [`pipeline`] takes them.
+pub(crate) fn params_list<'a>(
+    statements: &'a [(&'a str, Vec<&'a (dyn ToSql + Sync)>)],
+) -> Vec<(&'a str, Params<'a>)> {
+    statements.iter().map(|(t, p)| (*t, p.as_slice())).collect()
+}
+
 /// `"name"` with embedded quotes doubled.
 pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
