@@ -742,20 +742,8 @@ impl SyncService {
         req: &PushSessionCreateRequest,
     ) -> Result<Option<PushSessionCreateResponse>, SyncError> {
         let tx = sql::OpenTx::new(self.client().await?);
-        match self.create_pipelined_in(tx.client(), actor, req).await {
-            Ok(Some(response)) => {
-                tx.committed();
-                Ok(Some(response))
-            }
-            Ok(None) => {
-                tx.rollback().await?;
-                Ok(None)
-            }
-            Err(e) => {
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        }
+        let attempt = self.create_pipelined_in(tx.client(), actor, req).await;
+        tx.end(attempt).await
     }
 
     async fn create_pipelined_in(
@@ -883,21 +871,8 @@ impl SyncService {
             return Ok(None);
         }
         let tx = sql::OpenTx::new(self.client().await?);
-        let outcome = self.commit_pipelined_in(tx.client(), actor, push_id).await;
-        match outcome {
-            Ok(Some(committed)) => {
-                tx.committed();
-                Ok(Some(committed))
-            }
-            Ok(None) => {
-                tx.rollback().await?;
-                Ok(None)
-            }
-            Err(e) => {
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        }
+        let attempt = self.commit_pipelined_in(tx.client(), actor, push_id).await;
+        tx.end(attempt).await
     }
 
     async fn commit_pipelined_in(

@@ -104,8 +104,30 @@ impl OpenTx {
     }
 
     /// The caller's last pipeline ended with a `COMMIT` that succeeded.
-    pub(crate) fn committed(mut self) {
+    fn committed(mut self) {
         self.0.take();
+    }
+
+    /// Ends the transaction after the caller's attempt: `Some` means its last pipeline
+    /// committed; `None` (the attempt declined) and an error roll back.
+    pub(crate) async fn end<T>(
+        self,
+        attempt: Result<Option<T>, crate::error::SyncError>,
+    ) -> Result<Option<T>, crate::error::SyncError> {
+        match attempt {
+            Ok(Some(answer)) => {
+                self.committed();
+                Ok(Some(answer))
+            }
+            Ok(None) => {
+                self.rollback().await?;
+                Ok(None)
+            }
+            Err(e) => {
+                let _ = self.rollback().await;
+                Err(e)
+            }
+        }
     }
 
     pub(crate) async fn rollback(mut self) -> Result<(), tokio_postgres::Error> {

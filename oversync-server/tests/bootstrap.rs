@@ -233,7 +233,6 @@ fn example_binary_serves_health_on_a_fresh_database() {
     assert!(body.contains("\"status\":\"healthy\""), "{body}");
 }
 
-/// `(op, table_id, key_text, payload)` of bundle `seq`, in bundle order.
 /// (op, table id, key) of bundle `seq`'s rows, sorted.
 async fn sorted_keys(client: &deadpool_postgres::Object, seq: i64) -> Vec<(i16, i32, String)> {
     let mut keys: Vec<(i16, i32, String)> = bundle_effects(client, seq)
@@ -245,6 +244,28 @@ async fn sorted_keys(client: &deadpool_postgres::Object, seq: i64) -> Vec<(i16, 
     keys
 }
 
+/// Runs `statement` alone as a server write of scope `u1` and returns [`sorted_keys`] of the
+/// bundle it committed.
+async fn server_write_keys(
+    service: &std::sync::Arc<SyncService>,
+    client: &deadpool_postgres::Object,
+    statement: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Vec<(i16, i32, String)> {
+    let write = service
+        .begin_server_write("u1", "admin")
+        .await
+        .expect("begin");
+    write
+        .client()
+        .execute(statement, params)
+        .await
+        .expect("server write");
+    let bundle = write.commit().await.expect("commit");
+    sorted_keys(client, bundle.bundle_seq).await
+}
+
+/// `(op, table_id, key_text, payload)` of bundle `seq`, in bundle order.
 async fn bundle_effects(
     client: &deadpool_postgres::Object,
     seq: i64,
@@ -380,21 +401,14 @@ async fn capture_sees_multi_row_inserts_upserts_app_triggers_and_cascades() {
 
     // An upsert updates one row and inserts another: an update and an insert (whose
     // trigger adds its note).
-    let write = service
-        .begin_server_write("u1", "admin")
-        .await
-        .expect("begin");
-    write
-        .client()
-        .execute(
-            "INSERT INTO app.parent (_sync_scope_id, id, name) VALUES ('u1', $1::text::uuid, 'a2'), ('u1', $2::text::uuid, 'c')
-             ON CONFLICT (_sync_scope_id, id) DO UPDATE SET name = EXCLUDED.name",
-            &[&a, &c],
-        )
-        .await
-        .expect("upsert");
-    let bundle = write.commit().await.expect("commit");
-    let effects = sorted_keys(&client, bundle.bundle_seq).await;
+    let effects = server_write_keys(
+        &service,
+        &client,
+        "INSERT INTO app.parent (_sync_scope_id, id, name) VALUES ('u1', $1::text::uuid, 'a2'), ('u1', $2::text::uuid, 'c')
+         ON CONFLICT (_sync_scope_id, id) DO UPDATE SET name = EXCLUDED.name",
+        &[&a, &c],
+    )
+    .await;
     assert_eq!(
         effects,
         vec![
@@ -405,17 +419,13 @@ async fn capture_sees_multi_row_inserts_upserts_app_triggers_and_cascades() {
     );
 
     // Deleting a parent deletes its note by cascade: both deletes are captured.
-    let write = service
-        .begin_server_write("u1", "admin")
-        .await
-        .expect("begin");
-    write
-        .client()
-        .execute("DELETE FROM app.parent WHERE id = $1::text::uuid", &[&a])
-        .await
-        .expect("delete");
-    let bundle = write.commit().await.expect("commit");
-    let effects = sorted_keys(&client, bundle.bundle_seq).await;
+    let effects = server_write_keys(
+        &service,
+        &client,
+        "DELETE FROM app.parent WHERE id = $1::text::uuid",
+        &[&a],
+    )
+    .await;
     assert_eq!(
         effects,
         vec![

@@ -24,6 +24,29 @@ async fn lock_holder(server: &oversync_testkit::TestServer) -> tokio_postgres::C
     client
 }
 
+/// A [`lock_holder`] that holds `user`'s lock (the key the server's user lock uses).
+async fn holding_user_lock(
+    server: &oversync_testkit::TestServer,
+    user: &str,
+) -> tokio_postgres::Client {
+    let holder = lock_holder(server).await;
+    holder
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&user],
+        )
+        .await
+        .expect("user lock");
+    holder
+}
+
+/// Commits `push_id` in a task of its own, so the test can watch it wait.
+fn commit_in_background(api: &Api, push_id: &str) -> tokio::task::JoinHandle<(StatusCode, Value)> {
+    let api = api.with_source(api.source());
+    let path = format!("/sync/push-sessions/{push_id}/commit");
+    tokio::spawn(async move { api.post(&path, json!({})).await })
+}
+
 /// Waits until `n` advisory lock requests are waiting in the server's database.
 async fn wait_for_waiters(db: &tokio_postgres::Client, n: i64) {
     tokio::time::timeout(HANG, async {
@@ -72,14 +95,7 @@ async fn a_create_does_not_wait_for_the_users_lock_a_commit_does() {
     let server = server().await;
     let api = Api::new(&server, "alice");
     api.connect(false).await;
-    let holder = lock_holder(&server).await;
-    holder
-        .execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            &[&"alice"],
-        )
-        .await
-        .expect("user lock");
+    let holder = holding_user_lock(&server, "alice").await;
 
     let b = tokio::time::timeout(HANG, create(&api, 1))
         .await
@@ -88,13 +104,7 @@ async fn a_create_does_not_wait_for_the_users_lock_a_commit_does() {
     let push_id = b["push_id"].as_str().expect("push_id").to_owned();
     upload(&api, &push_id, user_row(&new_id(), "n")).await;
 
-    let committing = {
-        let api = api.with_source(api.source());
-        tokio::spawn(async move {
-            api.post(&format!("/sync/push-sessions/{push_id}/commit"), json!({}))
-                .await
-        })
-    };
+    let committing = commit_in_background(&api, &push_id);
     wait_for_waiters(&holder, 1).await;
     assert!(!committing.is_finished(), "the commit waits for the user");
     holder.batch_execute("COMMIT").await.expect("release");
@@ -114,21 +124,8 @@ async fn a_create_retried_during_its_commit_answers_already_committed() {
 
     // The commit takes the source's lock, then waits for the user's; the retried create
     // waits for the source's.
-    let holder = lock_holder(&server).await;
-    holder
-        .execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            &[&"bob"],
-        )
-        .await
-        .expect("user lock");
-    let committing = {
-        let api = api.with_source(api.source());
-        tokio::spawn(async move {
-            api.post(&format!("/sync/push-sessions/{push_id}/commit"), json!({}))
-                .await
-        })
-    };
+    let holder = holding_user_lock(&server, "bob").await;
+    let committing = commit_in_background(&api, &push_id);
     wait_for_waiters(&holder, 1).await;
     let retried = {
         let api = api.with_source(api.source());
