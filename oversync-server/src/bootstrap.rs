@@ -735,7 +735,10 @@ CREATE TABLE IF NOT EXISTS sync.snapshot_sessions (
 CREATE INDEX IF NOT EXISTS snapshot_sessions_expires_idx ON sync.snapshot_sessions (expires_at);
 CREATE INDEX IF NOT EXISTS snapshot_sessions_snapshot_id_idx ON sync.snapshot_sessions (snapshot_id);
 
-CREATE TABLE IF NOT EXISTS sync.snapshot_rows (
+-- Unlogged: a snapshot is a copy the server can make again, so its rows skip the WAL (about
+-- a third of a build's time at 100k rows). After a crash PostgreSQL empties the table; a page
+-- of a session whose rows are gone answers not found, and the client starts a new snapshot.
+CREATE UNLOGGED TABLE IF NOT EXISTS sync.snapshot_rows (
     user_pk BIGINT NOT NULL,
     snapshot_id UUID NOT NULL,
     row_ordinal BIGINT NOT NULL,
@@ -746,7 +749,19 @@ CREATE TABLE IF NOT EXISTS sync.snapshot_rows (
     PRIMARY KEY (user_pk, snapshot_id, row_ordinal),
     FOREIGN KEY (user_pk, snapshot_id) REFERENCES sync.snapshot_sessions(user_pk, snapshot_id) ON DELETE CASCADE
 );
-CREATE INDEX IF NOT EXISTS snapshot_rows_snapshot_id_idx ON sync.snapshot_rows (snapshot_id, row_ordinal);
+-- Databases bootstrapped before had the snapshot rows logged, and a second index on
+-- `(snapshot_id, row_ordinal)`: one more b-tree insert per row of every snapshot build, for
+-- no reader (pages are read on the primary key; the session row names the user).
+DO $upgrade$
+BEGIN
+    IF to_regclass('sync.snapshot_rows_snapshot_id_idx') IS NOT NULL THEN
+        DROP INDEX sync.snapshot_rows_snapshot_id_idx;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_class WHERE oid = 'sync.snapshot_rows'::regclass AND relpersistence = 'p') THEN
+        ALTER TABLE sync.snapshot_rows SET UNLOGGED;
+    END IF;
+END
+$upgrade$;
 
 CREATE SEQUENCE IF NOT EXISTS sync.accepted_push_replay_seq;
 CREATE SEQUENCE IF NOT EXISTS sync.rejected_registered_write_seq;

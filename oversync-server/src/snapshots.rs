@@ -205,24 +205,41 @@ impl SyncService {
             .read_only(true)
             .start()
             .await?;
-        let (snapshot_bundle_seq, expired) = load_session(&tx, actor, snapshot_id).await?;
-        if expired {
+        let session = load_session(&tx, actor, snapshot_id).await?;
+        if session.expired {
             return Err(SyncError::gone(
                 codes::SNAPSHOT_SESSION_EXPIRED,
                 format!("snapshot session {snapshot_id} has expired; start a new snapshot session"),
             ));
         }
+        // Ordinals are dense (`1..=row_count`, see `materialize_sql`), so a page is a range
+        // of the primary key. `ORDER BY .. LIMIT` alone let a planner without statistics on
+        // the freshly filled table pick a bitmap scan of every row after the cursor plus a
+        // sort: about 30 ms a page at 100k rows, against 2 ms for the range.
+        let last = after_row_ordinal
+            .saturating_add(max_rows)
+            .min(session.row_count);
         let page = tx
             .query(
                 "SELECT table_id, key_text, row_version, payload FROM sync.snapshot_rows
-                 WHERE snapshot_id = $1::text::uuid AND row_ordinal > $2
-                 ORDER BY row_ordinal LIMIT $3",
-                &[&snapshot_id, &after_row_ordinal, &(max_rows + 1)],
+                 WHERE user_pk = $1 AND snapshot_id = $2::text::uuid
+                   AND row_ordinal > $3 AND row_ordinal <= $4
+                 ORDER BY row_ordinal",
+                &[&session.user_pk, &snapshot_id, &after_row_ordinal, &last],
             )
             .await?;
-        let has_more = page.len() as i64 > max_rows;
+        if page.len() as i64 != (last - after_row_ordinal).max(0) {
+            // The rows of an unlogged table do not survive a crash of PostgreSQL.
+            return Err(SyncError::not_found(
+                codes::SNAPSHOT_SESSION_NOT_FOUND,
+                format!(
+                    "snapshot session {snapshot_id} lost its rows (the database restarted); start a new snapshot session"
+                ),
+            ));
+        }
+        let has_more = last < session.row_count;
         let mut rows = Vec::with_capacity(page.len());
-        for r in page.iter().take(max_rows as usize) {
+        for r in &page {
             let table_id: i32 = r.get(0);
             let key_text: String = r.get(1);
             let db_payload: String = r.get(3);
@@ -242,7 +259,7 @@ impl SyncService {
         }
         Ok(SnapshotChunkBody {
             snapshot_id: snapshot_id.to_owned(),
-            snapshot_bundle_seq,
+            snapshot_bundle_seq: session.snapshot_bundle_seq,
             next_row_ordinal: after_row_ordinal + rows.len() as i64,
             rows,
             has_more,
@@ -372,12 +389,21 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Returns `(snapshot_bundle_seq, expired)` of a session owned by `actor`.
+/// A snapshot session as its pages need it.
+struct SessionRow {
+    user_pk: i64,
+    snapshot_bundle_seq: i64,
+    /// Rows materialized: ordinals run `1..=row_count`.
+    row_count: i64,
+    expired: bool,
+}
+
+/// The session `snapshot_id`, which `actor` must own.
 async fn load_session(
     tx: &Transaction<'_>,
     actor: &Actor,
     snapshot_id: &str,
-) -> Result<(i64, bool), SyncError> {
+) -> Result<SessionRow, SyncError> {
     let not_found = || {
         SyncError::not_found(
             codes::SNAPSHOT_SESSION_NOT_FOUND,
@@ -389,7 +415,7 @@ async fn load_session(
     }
     let row = tx
         .query_opt(
-            "SELECT us.user_id, ss.snapshot_bundle_seq, ss.expires_at <= now()
+            "SELECT us.user_id, ss.snapshot_bundle_seq, ss.expires_at <= now(), ss.user_pk, ss.row_count
              FROM sync.snapshot_sessions ss JOIN sync.user_state us ON us.user_pk = ss.user_pk
              WHERE ss.snapshot_id = $1::text::uuid",
             &[&snapshot_id],
@@ -403,7 +429,12 @@ async fn load_session(
             format!("snapshot session {snapshot_id} does not belong to the authenticated user"),
         ));
     }
-    Ok((row.get(1), row.get(2)))
+    Ok(SessionRow {
+        user_pk: row.get(3),
+        snapshot_bundle_seq: row.get(1),
+        row_count: row.get(4),
+        expired: row.get(2),
+    })
 }
 
 /// Retires the actor's source and reserves its replacement, atomically with the snapshot.

@@ -177,3 +177,63 @@ async fn bootstrap_drops_the_per_row_foreign_keys_of_an_older_database() {
     assert_eq!(row_table_keys(&db.url).await, (vec![], true));
     app.service.shutdown();
 }
+
+/// `(relpersistence of sync.snapshot_rows, whether its old second index exists)`.
+async fn snapshot_rows_shape(url: &str) -> (String, bool) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let driver = tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT relpersistence::text,
+                    to_regclass('sync.snapshot_rows_snapshot_id_idx') IS NOT NULL
+               FROM pg_class WHERE oid = 'sync.snapshot_rows'::regclass",
+            &[],
+        )
+        .await
+        .expect("catalog");
+    let shape = (row.get(0), row.get(1));
+    drop(client);
+    let _ = driver.await;
+    shape
+}
+
+/// Snapshot rows are a copy the server can make again: unlogged, with only the primary key
+/// (pages read it). A database bootstrapped when they were logged and had a second index on
+/// `(snapshot_id, row_ordinal)` is converted at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_rows_are_unlogged_with_one_index_also_after_an_upgrade() {
+    common::init_logs();
+    let db = oversync_testkit::PgCluster::shared()
+        .expect("cluster")
+        .create_database()
+        .await
+        .expect("db");
+    let app = demo::build_app(DemoConfig::new(&db.url))
+        .await
+        .expect("bootstrap");
+    app.service.shutdown();
+    assert_eq!(snapshot_rows_shape(&db.url).await, ("u".to_owned(), false));
+    {
+        let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let driver = tokio::spawn(conn);
+        client
+            .batch_execute(
+                "ALTER TABLE sync.snapshot_rows SET LOGGED;
+                 CREATE INDEX snapshot_rows_snapshot_id_idx ON sync.snapshot_rows (snapshot_id, row_ordinal);",
+            )
+            .await
+            .expect("old shape");
+        drop(client);
+        let _ = driver.await;
+    }
+    assert_eq!(snapshot_rows_shape(&db.url).await, ("p".to_owned(), true));
+    let app = demo::build_app(DemoConfig::new(&db.url))
+        .await
+        .expect("bootstrap upgrades");
+    assert_eq!(snapshot_rows_shape(&db.url).await, ("u".to_owned(), false));
+    app.service.shutdown();
+}

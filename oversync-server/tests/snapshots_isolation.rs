@@ -78,6 +78,59 @@ async fn snapshot_sessions_page_a_frozen_copy() {
     }
 }
 
+/// Snapshot rows are unlogged: a crash of PostgreSQL empties them while the session row
+/// survives. A page whose rows are gone (all of them, or some in its range) answers not found,
+/// so the client starts a new snapshot instead of staging a copy with holes.
+#[tokio::test]
+async fn a_snapshot_whose_rows_were_lost_is_not_found() {
+    let server = server().await;
+    let api = Api::new(&server, "alice");
+    api.connect(false).await;
+    let rows = (0..6).map(|_| user_row(&new_id(), "u")).collect();
+    assert_eq!(api.push(1, rows).await.0, StatusCode::OK);
+    let (client, conn) = tokio_postgres::connect(&server.database().url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let page = |id: &str, after: i64| {
+        format!("/sync/snapshot-sessions/{id}?after_row_ordinal={after}&max_rows=3")
+    };
+
+    // Part of one page lost: that page is refused, the intact one before it is served.
+    let (s, snap) = api.post("/sync/snapshot-sessions", json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{snap}");
+    let id = snap["snapshot_id"].as_str().expect("id").to_owned();
+    client
+        .execute(
+            "DELETE FROM sync.snapshot_rows WHERE snapshot_id = $1::text::uuid AND row_ordinal = 5",
+            &[&id],
+        )
+        .await
+        .expect("lose a row");
+    let (s, b) = api.get(&page(&id, 0)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["rows"].as_array().expect("rows").len(), 3);
+    assert_eq!(b["has_more"], true);
+    let (s, b) = api.get(&page(&id, 3)).await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "snapshot_session_not_found");
+
+    // Every row lost, as crash recovery leaves an unlogged table.
+    let (_, snap) = api.post("/sync/snapshot-sessions", json!({})).await;
+    let id = snap["snapshot_id"].as_str().expect("id").to_owned();
+    assert_eq!(all_snapshot_rows(&api, &id, 3).await.len(), 6);
+    client
+        .execute("TRUNCATE sync.snapshot_rows", &[])
+        .await
+        .expect("truncate");
+    let (s, b) = api.get(&page(&id, 0)).await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "snapshot_session_not_found");
+    // Past the end is still an empty last page, not an error.
+    let (s, b) = api.get(&page(&id, 6)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["has_more"], false);
+    assert_eq!(b["rows"].as_array().expect("rows").len(), 0);
+}
+
 #[tokio::test]
 async fn expired_snapshot_is_gone() {
     let server = oversync_testkit::TestServer::start_async_with(|c| {
