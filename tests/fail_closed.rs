@@ -632,3 +632,82 @@ async fn watch_stop_cancels_a_connect_in_flight() {
 async fn watch_stop_cancels_a_pull_in_flight() {
     stop_is_prompt_while("GET /sync/pull").await;
 }
+
+/// Snapshot rows are unlogged on our server: a PostgreSQL crash between the session's create
+/// and its pages empties them. The rebuild then fails with `snapshot_session_not_found`
+/// before its swap (the rows it had stay), and the next rebuild takes a new snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_whose_rows_the_server_lost_fails_the_rebuild_and_the_next_one_recovers() {
+    let server = Server::start().await;
+    let Some(local) = server.local() else {
+        return; // only our server's database can be reached to lose the rows
+    };
+    let (db, connection) = tokio_postgres::connect(&local.database().url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the server's database");
+    tokio::spawn(connection);
+    let db = std::sync::Arc::new(db);
+    let proxy = Proxy::start(server.base_url()).await;
+    let name = fresh_user("lost-snapshot");
+    let mut writer = attached(&server, &name).await;
+    let mut reader = attached_via(&server, &proxy, &name).await;
+    let (first, second) = (new_id(), new_id());
+    insert_user(&mut writer, &first, "first");
+    writer
+        .conn
+        .oversync()
+        .sync()
+        .await
+        .expect("sync the first row");
+    reader
+        .conn
+        .oversync()
+        .sync()
+        .await
+        .expect("pull the first row");
+    insert_user(&mut writer, &second, "second");
+    writer
+        .conn
+        .oversync()
+        .sync()
+        .await
+        .expect("sync the second row");
+
+    // As crash recovery leaves an unlogged table, once the session has been answered.
+    let lose = db.clone();
+    proxy.rewrite(
+        "POST",
+        "/sync/snapshot-sessions",
+        Times::First(1),
+        move |_, _, v| {
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current()
+                    .block_on(lose.batch_execute("TRUNCATE sync.snapshot_rows"))
+                    .expect("truncate the snapshot rows");
+            });
+            v
+        },
+    );
+    let err = reader
+        .conn
+        .oversync()
+        .rebuild()
+        .await
+        .expect_err("must fail");
+    assert!(
+        format!("{err:?}").contains("snapshot_session_not_found"),
+        "{err:?}"
+    );
+    assert!(has_user(&mut reader, &first), "the rows it had stay");
+    assert!(!has_user(&mut reader, &second), "nothing was swapped in");
+
+    let report = reader
+        .conn
+        .oversync()
+        .rebuild()
+        .await
+        .expect("a new snapshot");
+    assert_eq!(report.rows, 2);
+    assert_eq!(user_name(&mut reader, &first), "first");
+    assert_eq!(user_name(&mut reader, &second), "second");
+}
