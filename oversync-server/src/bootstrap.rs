@@ -735,9 +735,9 @@ CREATE TABLE IF NOT EXISTS sync.snapshot_sessions (
 CREATE INDEX IF NOT EXISTS snapshot_sessions_expires_idx ON sync.snapshot_sessions (expires_at);
 CREATE INDEX IF NOT EXISTS snapshot_sessions_snapshot_id_idx ON sync.snapshot_sessions (snapshot_id);
 
--- Unlogged: a snapshot is a copy the server can make again, so its rows skip the WAL (about
--- a third of a build's time at 100k rows). After a crash PostgreSQL empties the table; a page
--- of a session whose rows are gone answers not found, and the client starts a new snapshot.
+-- Unlogged: a snapshot is a copy the server can make again, so its rows skip the WAL. After a
+-- crash PostgreSQL empties the table; a page of a session whose rows are gone answers not
+-- found, and the client starts a new snapshot.
 CREATE UNLOGGED TABLE IF NOT EXISTS sync.snapshot_rows (
     user_pk BIGINT NOT NULL,
     snapshot_id UUID NOT NULL,
