@@ -7,6 +7,34 @@ mod common;
 
 use oversync_server::demo::{self, DemoConfig};
 
+/// A new empty database of the shared test cluster.
+async fn new_database() -> oversync_testkit::TestDatabase {
+    oversync_testkit::PgCluster::shared()
+        .expect("cluster")
+        .create_database()
+        .await
+        .expect("db")
+}
+
+/// Runs `sql` on its own connection, as an older server (or an operator) would have.
+async fn execute(url: &str, sql: &str) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let driver = tokio::spawn(conn);
+    client.batch_execute(sql).await.expect("old shape");
+    drop(client);
+    let _ = driver.await;
+}
+
+/// Starts the demo server on `url` once (bootstrap runs), then stops it.
+async fn bootstrap(url: &str) {
+    let app = demo::build_app(DemoConfig::new(url))
+        .await
+        .expect("bootstrap");
+    app.service.shutdown();
+}
+
 /// `(table, index, first key column)` of every unique index (primary keys included) of the
 /// `sync` schema.
 async fn unique_indexes(url: &str) -> Vec<(String, String, String)> {
@@ -64,34 +92,21 @@ async fn every_unique_key_of_the_sync_schema_leads_with_the_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_rekeys_session_tables_of_an_older_database() {
     common::init_logs();
-    let db = oversync_testkit::PgCluster::shared()
-        .expect("cluster")
-        .create_database()
-        .await
-        .expect("db");
-    {
-        let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        let driver = tokio::spawn(conn);
-        // The shape of the session tables before they were keyed by user.
-        client
-            .batch_execute(
-                "CREATE SCHEMA sync;
-                 CREATE TABLE sync.push_sessions (push_id UUID PRIMARY KEY);
-                 CREATE TABLE sync.push_session_rows (
-                     push_id UUID NOT NULL REFERENCES sync.push_sessions(push_id) ON DELETE CASCADE,
-                     row_ordinal BIGINT NOT NULL, PRIMARY KEY (push_id, row_ordinal));
-                 CREATE TABLE sync.snapshot_sessions (snapshot_id UUID PRIMARY KEY);
-                 CREATE TABLE sync.snapshot_rows (
-                     snapshot_id UUID NOT NULL REFERENCES sync.snapshot_sessions(snapshot_id),
-                     row_ordinal BIGINT NOT NULL, PRIMARY KEY (snapshot_id, row_ordinal));",
-            )
-            .await
-            .expect("old shape");
-        drop(client);
-        let _ = driver.await;
-    }
+    let db = new_database().await;
+    // The shape of the session tables before they were keyed by user.
+    execute(
+        &db.url,
+        "CREATE SCHEMA sync;
+         CREATE TABLE sync.push_sessions (push_id UUID PRIMARY KEY);
+         CREATE TABLE sync.push_session_rows (
+             push_id UUID NOT NULL REFERENCES sync.push_sessions(push_id) ON DELETE CASCADE,
+             row_ordinal BIGINT NOT NULL, PRIMARY KEY (push_id, row_ordinal));
+         CREATE TABLE sync.snapshot_sessions (snapshot_id UUID PRIMARY KEY);
+         CREATE TABLE sync.snapshot_rows (
+             snapshot_id UUID NOT NULL REFERENCES sync.snapshot_sessions(snapshot_id),
+             row_ordinal BIGINT NOT NULL, PRIMARY KEY (snapshot_id, row_ordinal));",
+    )
+    .await;
     assert!(!violations(&unique_indexes(&db.url).await).is_empty());
     let app = demo::build_app(DemoConfig::new(&db.url))
         .await
@@ -139,37 +154,21 @@ async fn row_table_keys(url: &str) -> (Vec<String>, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_drops_the_per_row_foreign_keys_of_an_older_database() {
     common::init_logs();
-    let db = oversync_testkit::PgCluster::shared()
-        .expect("cluster")
-        .create_database()
-        .await
-        .expect("db");
-    let app = demo::build_app(DemoConfig::new(&db.url))
-        .await
-        .expect("bootstrap");
-    app.service.shutdown();
+    let db = new_database().await;
+    bootstrap(&db.url).await;
     assert_eq!(row_table_keys(&db.url).await, (vec![], true));
-    {
-        let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        let driver = tokio::spawn(conn);
-        // The constraints (and names) an older bootstrap created; no deletion trigger yet.
-        client
-            .batch_execute(
-                "ALTER TABLE sync.row_state
-                   ADD CONSTRAINT row_state_user_pk_fkey FOREIGN KEY (user_pk) REFERENCES sync.user_state(user_pk) ON DELETE CASCADE,
-                   ADD CONSTRAINT row_state_table_id_fkey FOREIGN KEY (table_id) REFERENCES sync.table_catalog(table_id);
-                 ALTER TABLE sync.bundle_rows
-                   ADD CONSTRAINT bundle_rows_user_pk_bundle_seq_fkey FOREIGN KEY (user_pk, bundle_seq)
-                       REFERENCES sync.bundle_log(user_pk, bundle_seq) ON DELETE CASCADE;
-                 DROP TRIGGER oversync_delete_user_rows ON sync.user_state;",
-            )
-            .await
-            .expect("old shape");
-        drop(client);
-        let _ = driver.await;
-    }
+    // The constraints (and names) an older bootstrap created; no deletion trigger yet.
+    execute(
+        &db.url,
+        "ALTER TABLE sync.row_state
+           ADD CONSTRAINT row_state_user_pk_fkey FOREIGN KEY (user_pk) REFERENCES sync.user_state(user_pk) ON DELETE CASCADE,
+           ADD CONSTRAINT row_state_table_id_fkey FOREIGN KEY (table_id) REFERENCES sync.table_catalog(table_id);
+         ALTER TABLE sync.bundle_rows
+           ADD CONSTRAINT bundle_rows_user_pk_bundle_seq_fkey FOREIGN KEY (user_pk, bundle_seq)
+               REFERENCES sync.bundle_log(user_pk, bundle_seq) ON DELETE CASCADE;
+         DROP TRIGGER oversync_delete_user_rows ON sync.user_state;",
+    )
+    .await;
     assert_eq!(row_table_keys(&db.url).await.0.len(), 3);
     let app = demo::build_app(DemoConfig::new(&db.url))
         .await
@@ -205,31 +204,15 @@ async fn snapshot_rows_shape(url: &str) -> (String, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_rows_are_unlogged_with_one_index_also_after_an_upgrade() {
     common::init_logs();
-    let db = oversync_testkit::PgCluster::shared()
-        .expect("cluster")
-        .create_database()
-        .await
-        .expect("db");
-    let app = demo::build_app(DemoConfig::new(&db.url))
-        .await
-        .expect("bootstrap");
-    app.service.shutdown();
+    let db = new_database().await;
+    bootstrap(&db.url).await;
     assert_eq!(snapshot_rows_shape(&db.url).await, ("u".to_owned(), false));
-    {
-        let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        let driver = tokio::spawn(conn);
-        client
-            .batch_execute(
-                "ALTER TABLE sync.snapshot_rows SET LOGGED;
-                 CREATE INDEX snapshot_rows_snapshot_id_idx ON sync.snapshot_rows (snapshot_id, row_ordinal);",
-            )
-            .await
-            .expect("old shape");
-        drop(client);
-        let _ = driver.await;
-    }
+    execute(
+        &db.url,
+        "ALTER TABLE sync.snapshot_rows SET LOGGED;
+         CREATE INDEX snapshot_rows_snapshot_id_idx ON sync.snapshot_rows (snapshot_id, row_ordinal);",
+    )
+    .await;
     assert_eq!(snapshot_rows_shape(&db.url).await, ("p".to_owned(), true));
     let app = demo::build_app(DemoConfig::new(&db.url))
         .await
